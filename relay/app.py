@@ -1,0 +1,149 @@
+"""The ASGI application: routes, and the broker and schedulers it starts and stops."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from relay.broker.base import Broker, record_to_public
+from relay.broker.memory import MemoryBroker
+from relay.broker.redis import RedisBroker
+from relay.config import Settings
+from relay.errors import BrokerUnavailable
+from relay.ingest import ingest_events
+from relay.jobs import JobService
+from relay.scheduler.base import Scheduler
+from relay.scheduler.local import LocalScheduler
+from relay.scheduler.pbs import PBSScheduler
+from relay.sockets import attach_endpoint, submit_endpoint
+from relay.templates import TemplateRegistry, builtin_scripts_dir
+
+logger = logging.getLogger(__name__)
+
+
+def make_broker(settings: Settings) -> Broker:
+    if settings.redis_url:
+        return RedisBroker(
+            settings.redis_url,
+            history_length=settings.history_length,
+            retention_seconds=settings.retention_seconds,
+        )
+    return MemoryBroker(history_length=settings.history_length)
+
+
+def make_schedulers(settings: Settings, service: JobService) -> dict[str, Scheduler]:
+    schedulers: dict[str, Scheduler] = {}
+    for name, cluster in settings.clusters.items():
+        if cluster.scheduler == "pbs":
+            schedulers[name] = PBSScheduler(cluster)
+        else:
+            schedulers[name] = LocalScheduler(name, settings.local_workdir, service.on_exit)
+    return schedulers
+
+
+async def get_job(request: Request) -> Response:
+    service: JobService = request.app.state.jobs
+    try:
+        record = await service.broker.get_job(request.path_params["job_id"])
+    except BrokerUnavailable:
+        return JSONResponse({"error": "broker unavailable, retry later"}, status_code=503)
+    if record is None:
+        return JSONResponse({"error": "unknown job"}, status_code=404)
+    return JSONResponse(record_to_public(record))
+
+
+async def get_events(request: Request) -> Response:
+    service: JobService = request.app.state.jobs
+    job_id = request.path_params["job_id"]
+    raw_after = request.query_params.get("after", "-1")
+    try:
+        after = int(raw_after)
+    except ValueError:
+        return JSONResponse({"error": f"after must be an integer: {raw_after!r}"}, status_code=400)
+    try:
+        record = await service.broker.get_job(job_id)
+        events = await service.broker.history(job_id, after) if record else []
+    except BrokerUnavailable:
+        return JSONResponse({"error": "broker unavailable, retry later"}, status_code=503)
+    if record is None:
+        return JSONResponse({"error": "unknown job"}, status_code=404)
+    envelopes = []
+    for event in events:
+        envelope = event.envelope()
+        payload = envelope.pop("payload", None)
+        if payload is not None:
+            envelope["data_base64"] = base64.b64encode(payload).decode("ascii")
+        envelopes.append(envelope)
+    return JSONResponse({"job": job_id, "state": record["state"], "events": envelopes})
+
+
+async def cancel_job(request: Request) -> Response:
+    service: JobService = request.app.state.jobs
+    job_id = request.path_params["job_id"]
+    try:
+        if await service.broker.get_job(job_id) is None:
+            return JSONResponse({"error": "unknown job"}, status_code=404)
+        if not await service.cancel(job_id, by="api"):
+            return JSONResponse({"error": "job already finished"}, status_code=409)
+    except BrokerUnavailable:
+        return JSONResponse({"error": "broker unavailable, retry later"}, status_code=503)
+    return JSONResponse({"cancelled": job_id}, status_code=202)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    service: JobService = request.app.state.jobs
+    try:
+        await service.broker.ping()
+    except BrokerUnavailable as error:
+        return JSONResponse({"status": "unavailable", "broker": str(error)}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    templates = TemplateRegistry([builtin_scripts_dir(), *settings.scripts])
+    broker = make_broker(settings)
+    service = JobService(settings, broker, templates, {})
+    service.schedulers.update(make_schedulers(settings, service))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await broker.start()
+        for scheduler in service.schedulers.values():
+            await scheduler.start()
+        logger.info("relay ready: jobs post to %s", settings.relay_url)
+        try:
+            yield
+        finally:
+            await service.close()
+            for scheduler in service.schedulers.values():
+                await scheduler.close()
+            await broker.close()
+            logger.info("relay stopped")
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/ws/jobs", submit_endpoint),
+            WebSocketRoute("/ws/jobs/{job_id}", attach_endpoint),
+            Route("/jobs/{job_id}/events", ingest_events, methods=["POST"]),
+            Route("/jobs/{job_id}/events", get_events, methods=["GET"]),
+            Route("/jobs/{job_id}", get_job, methods=["GET"]),
+            Route("/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.jobs = service
+    app.state.settings = settings
+    return app

@@ -1,0 +1,115 @@
+"""The in-process broker: the embedded default for a single relay process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from relay.broker.base import Broker, PublishResult, Subscription
+from relay.broker.states import TERMINAL_STATES, next_state
+from relay.errors import JobFinished
+from relay.events import Event, EventType, NewEvent, build_frame
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    record: dict[str, str]
+    history: deque[Event]
+    seen_ids: set[int] = field(default_factory=set)
+    subscribers: set[Subscription] = field(default_factory=set)
+
+
+class MemoryBroker(Broker):
+    """Keeps records and history in this process; nothing survives a restart."""
+
+    def __init__(self, history_length: int = 10_000) -> None:
+        self._history_length = history_length
+        self._jobs: dict[str, _Job] = {}
+
+    async def start(self) -> None:
+        logger.info("memory broker started (history of %d events a job)", self._history_length)
+
+    async def close(self) -> None:
+        logger.info("memory broker stopped")
+
+    async def ping(self) -> None:
+        return None
+
+    async def create_job(self, job_id: str, record: dict[str, str]) -> None:
+        self._jobs[job_id] = _Job(
+            record={**record, "next_seq": "0"}, history=deque(maxlen=self._history_length)
+        )
+
+    async def get_job(self, job_id: str) -> dict[str, str] | None:
+        job = self._jobs.get(job_id)
+        return dict(job.record) if job else None
+
+    async def update_job(self, job_id: str, fields: dict[str, str]) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.record.update(fields)
+
+    async def publish(self, job_id: str, events: Sequence[NewEvent]) -> PublishResult:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        record = job.record
+        if record["state"] in TERMINAL_STATES:
+            raise JobFinished(job_id)
+
+        accepted = duplicates = rejected = 0
+        now = f"{time.time():.6f}"
+        for new in events:
+            if record["state"] in TERMINAL_STATES:
+                rejected += 1
+                continue
+            if new.event_id is not None:
+                if new.event_id in job.seen_ids:
+                    duplicates += 1
+                    continue
+                job.seen_ids.add(new.event_id)
+
+            seq = int(record["next_seq"])
+            record["next_seq"] = str(seq + 1)
+            record["last_event_at"] = now
+            record["state"] = next_state(record["state"], new.type)
+            if new.type == EventType.FATAL:
+                record["exit_status"] = _exit_status_of(new.body)
+            if record["state"] in TERMINAL_STATES:
+                record["finished"] = now
+
+            event = Event(seq=seq, type=new.type, frame=build_frame(job_id, seq, new))
+            job.history.append(event)
+            accepted += 1
+            for subscription in list(job.subscribers):
+                subscription.deliver(event)
+
+        return PublishResult(accepted, duplicates, int(record["next_seq"]) - 1, rejected)
+
+    async def history(self, job_id: str, after: int = -1) -> list[Event]:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return []
+        return [event for event in job.history if event.seq > after]
+
+    async def _add_subscriber(self, subscription: Subscription) -> None:
+        job = self._jobs.get(subscription.job_id)
+        if job is not None:
+            job.subscribers.add(subscription)
+
+    async def _remove_subscriber(self, subscription: Subscription) -> None:
+        job = self._jobs.get(subscription.job_id)
+        if job is not None:
+            job.subscribers.discard(subscription)
+
+
+def _exit_status_of(body: str) -> str:
+    data = json.loads(body).get("data")
+    status = data.get("exit_status") if isinstance(data, dict) else None
+    return str(status) if isinstance(status, int) else ""

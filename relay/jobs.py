@@ -1,0 +1,197 @@
+"""Jobs: creation, submission in the background, cancellation and exit handling."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from relay.broker.base import Broker, PublishResult
+from relay.broker.states import TERMINAL_STATES
+from relay.config import Settings
+from relay.errors import BrokerUnavailable, JobFinished, RelayError, SubmitError, TemplateError
+from relay.events import EventType, new_event
+from relay.scheduler.base import JobSubmission, Scheduler
+from relay.templates import TemplateRegistry, encode_args
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    job_id: str
+    token: str
+    template: str
+    args: dict[str, Any]
+    cluster: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(token: str, record: dict[str, str]) -> bool:
+    """Compare in constant time, so response timing tells nothing about the stored hash."""
+    return hmac.compare_digest(hash_token(token), record.get("token_hash", ""))
+
+
+class JobService:
+    """Creates jobs, submits them to their cluster and publishes the relay's own events."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        templates: TemplateRegistry,
+        schedulers: dict[str, Scheduler],
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.templates = templates
+        self.schedulers = schedulers
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def create(self, template_name: object, args: object, cluster: object) -> NewJob:
+        """Validate a submit request and store the new job's record; raise TemplateError."""
+        template = self.templates.get(template_name)
+        checked = self.templates.validate_args(template, {} if args is None else args)
+        cluster_name = self.settings.default_cluster if cluster is None else cluster
+        if not isinstance(cluster_name, str) or cluster_name not in self.schedulers:
+            raise TemplateError(
+                f"unknown cluster {cluster_name!r}; known: {', '.join(sorted(self.schedulers))}"
+            )
+        job = NewJob(
+            job_id=uuid.uuid4().hex,
+            token=secrets.token_urlsafe(32),
+            template=template.name,
+            args=checked,
+            cluster=cluster_name,
+        )
+        await self.broker.create_job(
+            job.job_id,
+            {
+                "id": job.job_id,
+                "script": job.template,
+                "args": json.dumps(checked, ensure_ascii=False),
+                "cluster": cluster_name,
+                "state": "starting",
+                "token_hash": hash_token(job.token),
+                "created": f"{time.time():.6f}",
+                "scheduler_id": "",
+                "exit_status": "",
+            },
+        )
+        logger.info(
+            "job %s created: template %s on cluster %s", job.job_id, job.template, cluster_name
+        )
+        return job
+
+    async def publish(self, job_id: str, event_type: str, data: Any) -> PublishResult | None:
+        """Publish an event of the relay's own; return None if the job already finished."""
+        try:
+            return await self.broker.publish(job_id, [new_event(event_type, data, ts=time.time())])
+        except JobFinished:
+            logger.info("job %s: %s not published, the job already finished", job_id, event_type)
+            return None
+
+    def submit_in_background(self, job: NewJob) -> None:
+        """Submit the job in a task that outlives the socket that asked for it."""
+        task = asyncio.create_task(self._submit(job), name=f"submit-{job.job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _submit(self, job: NewJob) -> None:
+        scheduler = self.schedulers[job.cluster]
+        cluster = self.settings.clusters[job.cluster]
+        template = self.templates.get(job.template)
+        submission = JobSubmission(
+            job_id=job.job_id,
+            template=job.template,
+            script=self.templates.compose(template),
+            environment={
+                "RELAY_URL": self.settings.cluster_url(cluster),
+                "RELAY_JOB_ID": job.job_id,
+                "RELAY_TOKEN": job.token,
+                "RELAY_ARGS": encode_args(job.args),
+            },
+        )
+        try:
+            scheduler_id = await scheduler.submit(submission)
+        except RelayError as error:
+            status = error.exit_status if isinstance(error, SubmitError) else None
+            logger.warning("job %s: submission to %s failed: %s", job.job_id, job.cluster, error)
+            await self._publish_quietly(
+                job.job_id, EventType.FATAL, {"message": str(error), "exit_status": status}
+            )
+            return
+        except Exception as error:
+            logger.exception("job %s: submission to %s crashed", job.job_id, job.cluster)
+            await self._publish_quietly(
+                job.job_id,
+                EventType.FATAL,
+                {"message": f"internal error while submitting: {error!r}", "exit_status": None},
+            )
+            return
+        await self.broker.update_job(job.job_id, {"scheduler_id": scheduler_id})
+        await self._publish_quietly(job.job_id, EventType.QUEUED, {"scheduler_id": scheduler_id})
+
+    async def _publish_quietly(self, job_id: str, event_type: str, data: Any) -> None:
+        try:
+            await self.publish(job_id, event_type, data)
+        except BrokerUnavailable as error:
+            # NOTE: the event is lost if the broker stays down; the job's own events and
+            # the scheduler's exit report still end the stream.
+            logger.error(
+                "job %s: %s not published, broker unavailable: %s", job_id, event_type, error
+            )
+
+    async def on_exit(self, job_id: str, exit_status: int | None) -> None:
+        """End the stream of a job that exited without sending complete or fatal."""
+        record = await self.broker.get_job(job_id)
+        if record is None or record["state"] in TERMINAL_STATES:
+            return
+        logger.warning("job %s exited with status %s without a terminal event", job_id, exit_status)
+        await self._publish_quietly(
+            job_id,
+            EventType.FATAL,
+            {
+                "message": f"job ended with exit status {exit_status} without a terminal event",
+                "exit_status": exit_status,
+            },
+        )
+
+    async def cancel(self, job_id: str, by: str) -> bool:
+        """Cancel the job: publish `cancelled`, then ask the scheduler to end it.
+
+        `cancelled` goes first so that the job's own `fatal` from its TERM trap arrives
+        after the terminal event and is refused. Returns False if the job had finished.
+        """
+        record = await self.broker.get_job(job_id)
+        if record is None or record["state"] in TERMINAL_STATES:
+            return False
+        if await self.publish(job_id, EventType.CANCELLED, {"by": by}) is None:
+            return False
+        scheduler_id = record.get("scheduler_id", "")
+        if not scheduler_id:
+            # NOTE: a job cancelled while its qsub is still running is not qdel'ed.
+            logger.warning("job %s cancelled before it had a scheduler id", job_id)
+            return True
+        try:
+            await self.schedulers[record["cluster"]].cancel(scheduler_id)
+            logger.info("job %s (%s) cancelled by %s", job_id, scheduler_id, by)
+        except RelayError as error:
+            logger.warning("job %s: cancel of %s failed: %s", job_id, scheduler_id, error)
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)

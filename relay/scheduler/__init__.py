@@ -1,0 +1,1 @@
+"""Schedulers: where job scripts run (this machine, or a PBS cluster over SSH)."""
