@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ def test_hello_streams_progress_logs_and_result(relay: RelayProcess) -> None:
     assert stream.of_type("log")
     percents = [event["data"]["percent"] for event in stream.of_type("progress")]
     assert percents == sorted(percents)
-    assert 'Ada "Byron"' in json.dumps(stream.events[-1]["data"], ensure_ascii=False)
+    assert stream.events[-1]["data"]["greeting"] == 'Hello, Ada "Byron"!'
     queued = stream.of_type("queued")[0]["data"]["scheduler_id"]
     status, record = relay.get_json(f"/jobs/{stream.job_id}")
     assert status == 200

@@ -1,0 +1,1 @@
+"""Real components for tests (Redis, sshd, munged, Slurm), started privately on loopback."""
