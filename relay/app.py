@@ -35,7 +35,9 @@ def make_broker(settings: Settings) -> Broker:
             history_length=settings.history_length,
             retention_seconds=settings.retention_seconds,
         )
-    return MemoryBroker(history_length=settings.history_length)
+    return MemoryBroker(
+        history_length=settings.history_length, retention_seconds=settings.retention_seconds
+    )
 
 
 def make_schedulers(settings: Settings, service: JobService) -> dict[str, Scheduler]:

@@ -83,6 +83,7 @@ def _serve(options: argparse.Namespace) -> int:
 
     from relay.app import create_app
     from relay.config import load_settings
+    from relay.server import RelayServer
 
     logging.basicConfig(
         level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -107,16 +108,19 @@ def _serve(options: argparse.Namespace) -> int:
         settings.port,
         broker,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=options.log_level,
+        # Pings find clients that vanished without a close frame, and keep proxies with
+        # idle timeouts of 60 s or more from cutting quiet sockets.
         ws_ping_interval=20,
         ws_ping_timeout=20,
         ws_max_size=1_048_576,
         timeout_graceful_shutdown=10,
     )
+    RelayServer(config, app.state.jobs).run()
     return 0
 
 

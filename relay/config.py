@@ -36,6 +36,7 @@ class ClusterConfig:
     public_url: str | None = None
     max_channels: int = 8
     connect_timeout: float = 15.0
+    connect_attempts: int = 3
     command_timeout: float = 60.0
     keepalive_interval: float = 30.0
 

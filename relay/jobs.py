@@ -57,6 +57,10 @@ class JobService:
         self.templates = templates
         self.schedulers = schedulers
         self._tasks: set[asyncio.Task[None]] = set()
+        self.shutting_down = asyncio.Event()
+        """Set when the relay stops: open sockets close with 1001 so clients resume elsewhere."""
+        self.open_sockets = 0
+        self._sockets_closed = asyncio.Event()
 
     async def create(self, template_name: object, args: object, cluster: object) -> NewJob:
         """Validate a submit request and store the new job's record; raise TemplateError."""
@@ -189,6 +193,27 @@ class JobService:
         except RelayError as error:
             logger.warning("job %s: cancel of %s failed: %s", job_id, scheduler_id, error)
         return True
+
+    def socket_opened(self) -> None:
+        self.open_sockets += 1
+        self._sockets_closed.clear()
+
+    def socket_closed(self) -> None:
+        self.open_sockets -= 1
+        if not self.open_sockets:
+            self._sockets_closed.set()
+
+    async def close_sockets(self) -> None:
+        """Close every open socket with 1001, waiting at most 3 seconds for them."""
+        self.shutting_down.set()
+        if not self.open_sockets:
+            return
+        logger.info("closing %d sockets for shutdown", self.open_sockets)
+        try:
+            async with asyncio.timeout(3):
+                await self._sockets_closed.wait()
+        except TimeoutError:
+            logger.warning("%d sockets still open at shutdown", self.open_sockets)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -11,12 +11,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from relay.broker.base import Subscription
 from relay.errors import BrokerUnavailable, TemplateError
-from relay.events import TERMINAL_CLOSE_CODES, CloseCode, Event, EventType
+from relay.events import TERMINAL_CLOSE_CODES, CloseCode, Event, EventType, JobState
 from relay.jobs import JobService
 
 logger = logging.getLogger(__name__)
 
 SUBMIT_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 10.0
+FINAL_CLOSE_CODES: dict[str, CloseCode] = {
+    JobState.COMPLETED: CloseCode.COMPLETED,
+    JobState.FAILED: CloseCode.JOB_FAILED,
+    JobState.CANCELLED: CloseCode.JOB_CANCELLED,
+}
 MAX_REASON_BYTES = 123
 
 
@@ -69,8 +75,14 @@ async def attach_endpoint(websocket: WebSocket) -> None:
             websocket, CloseCode.INVALID_REQUEST, f"after must be an integer: {raw_after!r}"
         )
         return
-    if await service.broker.get_job(job_id) is None:
+    record = await service.broker.get_job(job_id)
+    if record is None:
         await _close(websocket, CloseCode.UNKNOWN_JOB, f"unknown job {job_id}")
+        return
+    last_seq = int(record.get("next_seq", "0")) - 1
+    if record["state"] in FINAL_CLOSE_CODES and after >= last_seq:
+        # The client has every event of a finished job, the terminal one included.
+        await _close(websocket, FINAL_CLOSE_CODES[record["state"]], record["state"])
         return
     async with service.broker.subscribe(job_id, service.settings.subscriber_queue) as subscription:
         await _serve(websocket, service, job_id, max(after, -1), subscription)
@@ -95,18 +107,43 @@ async def _receive_submit(websocket: WebSocket) -> dict[str, Any]:
     return request
 
 
+class Cursor:
+    """The seq of the last event a socket sent: where its client resumes after a close."""
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+
+
 async def _serve(
     websocket: WebSocket, service: JobService, job_id: str, after: int, subscription: Subscription
 ) -> None:
-    """Stream events until the job ends or the client leaves, reading client frames meanwhile."""
-    sender = asyncio.create_task(_stream(websocket, service, job_id, after, subscription))
-    reader = asyncio.create_task(_read_client(websocket, service, job_id))
+    """Stream events until the job ends, the client leaves or the relay shuts down."""
+    cursor = Cursor(after)
+    service.socket_opened()
     try:
-        done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+        await _serve_until_done(websocket, service, job_id, cursor, subscription)
     finally:
-        for task in (sender, reader):
+        service.socket_closed()
+
+
+async def _serve_until_done(
+    websocket: WebSocket,
+    service: JobService,
+    job_id: str,
+    cursor: Cursor,
+    subscription: Subscription,
+) -> None:
+    sender = asyncio.create_task(_stream(websocket, service, job_id, cursor, subscription))
+    reader = asyncio.create_task(_read_client(websocket, service, job_id))
+    stopping = asyncio.create_task(service.shutting_down.wait())
+    overflow = asyncio.create_task(subscription.overflow.wait())
+    tasks = (sender, reader, stopping, overflow)
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(sender, reader, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     if sender in done and not sender.cancelled():
         error = sender.exception()
@@ -118,27 +155,48 @@ async def _serve(
         else:
             logger.error("job %s: streaming failed", job_id, exc_info=error)
             await _close(websocket, CloseCode.INTERNAL_ERROR, "internal error")
+    elif overflow in done:
+        logger.warning("job %s: client too slow, closing after seq %d", job_id, cursor.last)
+        await _close(websocket, CloseCode.TOO_SLOW, f"too slow; resume with after={cursor.last}")
+    elif stopping in done:
+        logger.info("job %s: closing socket for shutdown after seq %d", job_id, cursor.last)
+        await _close(
+            websocket, CloseCode.GOING_AWAY, f"relay shutting down; resume with after={cursor.last}"
+        )
     else:
         logger.info("job %s: client disconnected", job_id)
 
 
 async def _stream(
-    websocket: WebSocket, service: JobService, job_id: str, after: int, subscription: Subscription
+    websocket: WebSocket,
+    service: JobService,
+    job_id: str,
+    cursor: Cursor,
+    subscription: Subscription,
 ) -> tuple[int, str]:
-    """Send history after `after`, then live events, with no gap and no duplicate."""
-    last = after
+    """Send history after the cursor, then live events, with no gap and no duplicate."""
 
     async def send(event: Event) -> None:
-        nonlocal last
         if isinstance(event.frame, str):
             await websocket.send_text(event.frame)
         else:
             await websocket.send_bytes(event.frame)
-        last = event.seq
+        cursor.last = event.seq
 
     async def catch_up() -> Event | None:
-        for event in await service.broker.history(job_id, last):
-            if event.seq > last:
+        history = await service.broker.history(job_id, cursor.last)
+        if history and history[0].seq > cursor.last + 1:
+            # The bounded history no longer holds what the client asked for: say so once,
+            # with the range it lost, before the events that remain.
+            logger.warning(
+                "job %s: history trimmed, events %d-%d are gone",
+                job_id,
+                cursor.last + 1,
+                history[0].seq - 1,
+            )
+            await websocket.send_text(_trimmed_notice(job_id, cursor.last, history[0].seq))
+        for event in history:
+            if event.seq > cursor.last:
                 await send(event)
                 if event.terminal:
                     return event
@@ -149,14 +207,14 @@ async def _stream(
         event = await subscription.get()
         if event is None:
             if subscription.overflowed:
-                logger.warning("job %s: client too slow, closing after seq %d", job_id, last)
-                return CloseCode.TOO_SLOW, f"too slow; resume with after={last}"
+                logger.warning("job %s: client too slow, closing after seq %d", job_id, cursor.last)
+                return CloseCode.TOO_SLOW, f"too slow; resume with after={cursor.last}"
             subscription.interrupted = False
             terminal = await catch_up()
             continue
-        if event.seq <= last:
+        if event.seq <= cursor.last:
             continue
-        if event.seq > last + 1:
+        if event.seq > cursor.last + 1:
             # A live event overtook one this socket has not seen: fill the gap from history.
             terminal = await catch_up()
             continue
@@ -164,6 +222,11 @@ async def _stream(
         if event.terminal:
             terminal = event
     return _terminal_close(terminal)
+
+
+def _trimmed_notice(job_id: str, after: int, first_seq: int) -> str:
+    data = {"after": after, "first_seq": first_seq}
+    return json.dumps({"job": job_id, "type": "trimmed", "data": data}, separators=(",", ":"))
 
 
 def _terminal_close(event: Event) -> tuple[int, str]:
@@ -198,6 +261,11 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     if websocket.application_state == WebSocketState.DISCONNECTED:
         return
     try:
-        await websocket.close(code, close_reason(reason))
+        # A client that stopped reading blocks the close frame behind unsent data; after
+        # the timeout the handler returns and the server drops the connection instead.
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await websocket.close(code, close_reason(reason))
+    except TimeoutError:
+        logger.info("close %d not sent within %.0fs; dropping the connection", code, CLOSE_TIMEOUT)
     except (RuntimeError, OSError) as error:
         logger.debug("close %d not sent: %r", code, error)

@@ -40,12 +40,33 @@ class SSHConnection:
             logger.info("cluster %s: SSH connection to %s closed", self._cluster.name, self.target)
 
     async def connect(self) -> asyncssh.SSHClientConnection:
+        """Return the open connection, or open one with a bounded number of retries."""
         async with self._connect_lock:
             connection = self._connection
             if connection is not None and not connection.is_closed():
                 return connection
-            self._connection = await self._open()
-            return self._connection
+            delay = 1.0
+            attempt = 1
+            while True:
+                try:
+                    self._connection = await self._open()
+                    return self._connection
+                except SubmitError as error:
+                    if attempt >= self._cluster.connect_attempts:
+                        raise SubmitError(
+                            f"cluster {self._cluster.name!r} unreachable after {attempt} "
+                            f"attempts: {error}"
+                        ) from error
+                    logger.warning(
+                        "cluster %s: connect attempt %d failed (%s); retrying in %.0fs",
+                        self._cluster.name,
+                        attempt,
+                        error,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    attempt += 1
 
     async def run(self, command: str) -> asyncssh.SSHCompletedProcess:
         """Run `command` in the login shell and return its result, whatever its exit status."""

@@ -6,6 +6,7 @@ the session, so tests that request neither start nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +19,14 @@ from tests.harness.redis_server import RedisServer
 
 @pytest.fixture(scope="session")
 def testenv_dir() -> Iterator[Path]:
-    """State folder of the harness, locked against a second test run for the whole session."""
-    lock = acquire_lock(DEFAULT_STATE_DIR / "harness.lock")
+    """State folder of the harness, locked against a second test run for the whole session.
+
+    RELAY_TESTENV names another folder, so two runs can go on side by side.
+    """
+    state_dir = Path(os.environ.get("RELAY_TESTENV", DEFAULT_STATE_DIR)).resolve()
+    lock = acquire_lock(state_dir / "harness.lock")
     try:
-        yield DEFAULT_STATE_DIR
+        yield state_dir
     finally:
         lock.close()
 
@@ -45,7 +50,8 @@ def test_cluster(testenv_dir: Path) -> Iterator[LocalCluster]:
     user's home) and local_workdir (the same folder seen from the tests). A test that stops a
     component must start it again before it ends, because the cluster is shared by the session.
     """
-    cluster = LocalCluster(testenv_dir)
+    workdir = "relay-jobs" if testenv_dir == DEFAULT_STATE_DIR else f"relay-jobs-{testenv_dir.name}"
+    cluster = LocalCluster(testenv_dir, workdir=workdir)
     try:
         cluster.start()
         yield cluster

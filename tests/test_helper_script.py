@@ -90,7 +90,7 @@ class ReceivedRequest:
 
 
 class Receiver:
-    """HTTP server on 127.0.0.1 that stands in for the relay's ingest route.
+    """HTTP server on 127.0.0.1 that imitates the relay's ingest route.
 
     It records every POST and, like the relay, accepts each event id once. `planned` sets the
     outcome of the next requests: an HTTP status to answer without accepting, or "drop" to
@@ -316,7 +316,7 @@ def test_hello_sends_events_in_order(receiver: Receiver, tmp_path: Path) -> None
     assert complete["steps"] == 3
 
 
-def test_hello_sends_token_header(receiver: Receiver, tmp_path: Path) -> None:
+def test_hello_requests_use_route_and_token(receiver: Receiver, tmp_path: Path) -> None:
     result = run_template(receiver, tmp_path, TEMPLATES, "hello", {"steps": 1, "delay_ms": 0})
 
     assert result.returncode == 0, result.stderr
@@ -329,7 +329,7 @@ def test_hello_sends_token_header(receiver: Receiver, tmp_path: Path) -> None:
 def test_echo_returns_arguments_byte_for_byte(receiver: Receiver, tmp_path: Path) -> None:
     arguments = {
         "commas": "a,b,,c",
-        "quotes": 'say "hi" and \'bye\'',
+        "quotes": "say \"hi\" and 'bye'",
         "spaces": "  leading and trailing  ",
         "equals": "key=value==",
         "backslashes": "C:\\path\\to\\file \\n is not a newline",
@@ -524,9 +524,7 @@ def test_retries_after_503_deliver_once(receiver: Receiver, tmp_path: Path) -> N
     assert len(receiver.requests) == 6 + 2
 
 
-def test_dropped_connection_retried_and_deduplicated(
-    receiver: Receiver, tmp_path: Path
-) -> None:
+def test_dropped_connection_retried_and_deduplicated(receiver: Receiver, tmp_path: Path) -> None:
     receiver.planned = ["drop"]
     result = run_template(receiver, tmp_path, TEMPLATES, "hello", {"steps": 1, "delay_ms": 0})
 
@@ -570,9 +568,7 @@ def test_chunk_posts_bytes_with_mime(receiver: Receiver, tmp_path: Path) -> None
     data_file.write_bytes(payload)
     quoted = shlex.quote(str(data_file))
     body = (
-        f'relay_chunk {quoted} "text/plain; charset=utf-8"\n'
-        f"relay_chunk {quoted}\n"
-        "relay_complete\n"
+        f'relay_chunk {quoted} "text/plain; charset=utf-8"\nrelay_chunk {quoted}\nrelay_complete\n'
     )
     result = run_job(receiver, tmp_path, INLINE_HEADER + body)
 
@@ -608,7 +604,7 @@ def test_json_escaping_round_trips(receiver: Receiver, tmp_path: Path) -> None:
     # printf x keeps the trailing newline that command substitution would drop.
     body = (
         f"text=$(cat {quoted}; printf x)\n"
-        'text=${text%x}\n'
+        "text=${text%x}\n"
         'relay_log "$text"\n'
         'relay_token "$text"\n'
         'relay_progress 50 "$text"\n'
@@ -626,6 +622,49 @@ def test_json_escaping_round_trips(receiver: Receiver, tmp_path: Path) -> None:
     assert b"\\u001f" in raw_log
     assert b"\\n" in raw_log
     assert "日本語".encode() in raw_log
+
+
+def test_long_text_round_trips(receiver: Receiver, tmp_path: Path) -> None:
+    # Long enough to span several of the helper's 32 KiB escaping pieces, with multibyte
+    # characters and escapes crossing the piece boundaries.
+    text = "".join(f'{i} é\x01"\\\t日本\n' for i in range(20000))
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(text)
+    body = (
+        f"text=$(cat {shlex.quote(str(text_file))}; printf x)\n"
+        "text=${text%x}\n"
+        'relay_log "$text"\n'
+        "relay_complete\n"
+    )
+    result = run_job(receiver, tmp_path, INLINE_HEADER + body)
+
+    assert result.returncode == 0, result.stderr
+    assert len(text.encode()) > 4 * 32768
+    assert receiver.events_of_type("log")[0]["data"] == text
+
+
+def test_helper_works_under_strict_options(receiver: Receiver, tmp_path: Path) -> None:
+    data_file = tmp_path / "data.bin"
+    data_file.write_bytes(b"abc")
+    body = (
+        "set -euo pipefail -o noclobber -o noglob\n"
+        'relay_log "strict"\n'
+        'relay_progress 10 "ten"\n'
+        'relay_token " word"\n'
+        f"relay_chunk {shlex.quote(str(data_file))} text/plain\n"
+        'value=$(relay_arg missing) || value="default"\n'
+        'relay_result "{\\"value\\": $(relay_json_string "$value")}"\n'
+        "false\n"
+    )
+    result = run_job(receiver, tmp_path, INLINE_HEADER + body)
+
+    assert result.returncode == 1
+    assert receiver.types() == ["started", "log", "progress", "token", "chunk", "result", "fatal"]
+    assert receiver.events_of_type("result")[0]["data"] == {"value": "default"}
+    assert receiver.events[-1]["data"] == {
+        "message": "job script exited with status 1 before sending complete",
+        "exit_status": 1,
+    }
 
 
 def test_relay_arg_prints_values(receiver: Receiver, tmp_path: Path) -> None:
@@ -704,7 +743,7 @@ def test_complete_sent_only_once(receiver: Receiver, tmp_path: Path) -> None:
 
 def test_fatal_in_pipeline_ends_script(receiver: Receiver, tmp_path: Path) -> None:
     body = (
-        "echo bad | while IFS= read -r line; do relay_fatal \"rejected input: $line\"; done\n"
+        'echo bad | while IFS= read -r line; do relay_fatal "rejected input: $line"; done\n'
         'relay_log "not reached"\n'
     )
     result = run_job(receiver, tmp_path, INLINE_HEADER + body)
@@ -715,16 +754,23 @@ def test_fatal_in_pipeline_ends_script(receiver: Receiver, tmp_path: Path) -> No
     assert "relay_fatal: rejected input: bad" in result.stderr
 
 
-def test_term_signal_sends_fatal(receiver: Receiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "signal_number,exit_status",
+    [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
+    ids=["TERM", "HUP", "INT"],
+)
+def test_signal_sends_fatal(
+    receiver: Receiver, tmp_path: Path, signal_number: signal.Signals, exit_status: int
+) -> None:
     script = write_job(tmp_path, INLINE_HEADER + 'relay_log "waiting"\nsleep 30\nrelay_complete\n')
     environment = job_environment(receiver, tmp_path, "{}")
-    # PBS signals the whole process group of the job, so the test does the same.
+    # qdel and the walltime limit signal the job's whole process group, so the test does too.
     process = subprocess.Popen(
         ["bash", str(script)],
         env=environment,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
@@ -732,20 +778,19 @@ def test_term_signal_sends_fatal(receiver: Receiver, tmp_path: Path) -> None:
         while "log" not in receiver.types() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "log" in receiver.types(), "the job sent no log event within 20 s"
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal_number)
         returncode = process.wait(timeout=30)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
 
-    assert returncode == 143
+    assert returncode == exit_status
     assert receiver.types() == ["started", "log", "fatal"]
     fatal = receiver.events[-1]["data"]
-    assert fatal["exit_status"] == 143
-    assert "SIGTERM" in fatal["message"]
+    assert fatal["exit_status"] == exit_status
+    assert f"SIG{signal_number.name[3:]}" in fatal["message"]
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_temp_folder_private_and_removed(receiver: Receiver, tmp_path: Path) -> None:
@@ -761,19 +806,58 @@ def test_temp_folder_private_and_removed(receiver: Receiver, tmp_path: Path) -> 
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_token_absent_from_command_lines(receiver: Receiver, tmp_path: Path) -> None:
+def write_curl_shim(tmp_path: Path, fail_first_call: bool = False) -> tuple[Path, Path]:
+    """Write a curl wrapper that appends its argv to a log, then runs the real curl.
+
+    With fail_first_call, the first call exits with curl's status 7 (failed to connect)
+    without a request, as curl does once its retries for a refused connection run out.
+    Returns the wrapper's folder, to put first in PATH, and the log.
+    """
     real_curl = shutil.which("curl")
     assert real_curl is not None, "curl not found in PATH"
     shim_folder = tmp_path / "shim"
     shim_folder.mkdir()
     argv_log = tmp_path / "curl-argv.log"
+    failure = ""
+    if fail_first_call:
+        failure = (
+            f"if [[ $(wc -l <{shlex.quote(str(argv_log))}) == 1 ]]; then\n"
+            "    echo 'curl: (7) Failed to connect (simulated)' >&2\n"
+            "    printf 000\n"
+            "    exit 7\n"
+            "fi\n"
+        )
     shim = shim_folder / "curl"
     shim.write_text(
         "#!/bin/bash\n"
         f"printf '%s\\n' \"$*\" >>{shlex.quote(str(argv_log))}\n"
-        f'exec {shlex.quote(real_curl)} "$@"\n'
+        + failure
+        + f'exec {shlex.quote(real_curl)} "$@"\n'
     )
     shim.chmod(0o755)
+    return shim_folder, argv_log
+
+
+def test_failed_post_limits_later_retries(receiver: Receiver, tmp_path: Path) -> None:
+    shim_folder, argv_log = write_curl_shim(tmp_path, fail_first_call=True)
+    body = 'relay_log "one"\nrelay_log "two"\nrelay_complete\n'
+    result = run_job(receiver, tmp_path, INLINE_HEADER + body, path_prefix=shim_folder)
+
+    assert result.returncode == 0, result.stderr
+    assert "POST of event 1 (started)" in result.stderr
+    assert "failed with curl exit status 7" in result.stderr
+    assert receiver.types() == ["log", "log", "complete"]
+    curl_calls = argv_log.read_text().splitlines()
+    assert len(curl_calls) == 4
+    assert "--retry 10 " in curl_calls[0]
+    # After the failure, "one" gets a single attempt. Its success restores full retries.
+    assert "--retry 0 " in curl_calls[1]
+    assert "--retry 10 " in curl_calls[2]
+    assert "--retry 10 " in curl_calls[3]
+
+
+def test_token_absent_from_command_lines(receiver: Receiver, tmp_path: Path) -> None:
+    shim_folder, argv_log = write_curl_shim(tmp_path)
     arguments = template_arguments(
         TEMPLATES / "token_stream.json", {"n": 30, "seed": 5, "delay_ms": 20}
     )
@@ -800,6 +884,7 @@ def test_token_absent_from_command_lines(receiver: Receiver, tmp_path: Path) -> 
             if TOKEN.encode() in argv:
                 leaked_in.append(argv.replace(b"\0", b" ").decode(errors="replace"))
         samples += 1
+        time.sleep(0.001)
     returncode = process.wait(timeout=60)
 
     assert returncode == 0
@@ -816,15 +901,15 @@ def test_token_absent_from_command_lines(receiver: Receiver, tmp_path: Path) -> 
 # --- files ------------------------------------------------------------------------------
 
 
-def template_pairs() -> list[tuple[Path, Path]]:
-    pairs = []
-    for folder in (TEMPLATES, TEST_TEMPLATES):
-        for template in sorted(folder.glob("*.pbs")):
-            pairs.append((template, template.with_suffix(".json")))
-    return pairs
+def template_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    return [(template, template.with_suffix(".json")) for template in sorted(folder.glob("*.pbs"))]
 
 
-@pytest.mark.parametrize("template,schema_path", template_pairs(), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "template,schema_path",
+    template_pairs(TEMPLATES) + template_pairs(TEST_TEMPLATES),
+    ids=lambda path: f"{path.parent.name}/{path.name}",
+)
 def test_template_files_are_valid(template: Path, schema_path: Path) -> None:
     name = template.stem
     text = template.read_text()
@@ -837,13 +922,33 @@ def test_template_files_are_valid(template: Path, schema_path: Path) -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object"
+
+
+@pytest.mark.parametrize(
+    "schema_path",
+    [schema_path for _, schema_path in template_pairs(TEMPLATES)],
+    ids=lambda path: path.name,
+)
+def test_template_schema_describes_form(schema_path: Path) -> None:
+    # A web page renders these schemas as forms, so every field needs a title and a
+    # description, and unknown fields are rejected.
+    schema = json.loads(schema_path.read_text())
     assert schema["title"]
     assert schema["description"]
-    assert "additionalProperties" in schema
-    assert "required" in schema
+    assert schema["additionalProperties"] is False
+    assert isinstance(schema["required"], list)
     for property_name, spec in schema["properties"].items():
-        assert spec.get("description"), f"{property_name} has no description"
         assert spec.get("type"), f"{property_name} has no type"
+        assert spec.get("title"), f"{property_name} has no title"
+        assert spec.get("description"), f"{property_name} has no description"
+    defaults = {
+        name: spec["default"] for name, spec in schema["properties"].items() if "default" in spec
+    }
+    for name in schema["required"]:
+        assert name not in defaults, f"required {name} has a default"
+    if not schema["required"]:
+        # A form submitted unchanged sends the defaults, so they must be valid together.
+        jsonschema.Draft202012Validator(schema).validate(defaults)
 
 
 def test_helper_parses_with_bash_n() -> None:

@@ -36,6 +36,8 @@ class Subscription:
         self.job_id = job_id
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.overflowed = False
+        self.overflow = asyncio.Event()
+        """Set on overflow, so a socket whose send is blocked still learns of it."""
         self.interrupted = False
 
     def deliver(self, event: Event) -> None:
@@ -45,8 +47,8 @@ class Subscription:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed = True
+            self.overflow.set()
             logger.warning("job %s: subscriber queue full, dropping the subscriber", self.job_id)
-            self._wake()
 
     def interrupt(self) -> None:
         """Wake the reader so it fetches history again, after the broker lost messages."""

@@ -28,8 +28,9 @@ class _Job:
 class MemoryBroker(Broker):
     """Keeps records and history in this process; nothing survives a restart."""
 
-    def __init__(self, history_length: int = 10_000) -> None:
+    def __init__(self, history_length: int = 10_000, retention_seconds: int = 86_400) -> None:
         self._history_length = history_length
+        self._retention_seconds = retention_seconds
         self._jobs: dict[str, _Job] = {}
 
     async def start(self) -> None:
@@ -42,6 +43,7 @@ class MemoryBroker(Broker):
         return None
 
     async def create_job(self, job_id: str, record: dict[str, str]) -> None:
+        self._forget_expired()
         self._jobs[job_id] = _Job(
             record={**record, "next_seq": "0"}, history=deque(maxlen=self._history_length)
         )
@@ -91,6 +93,21 @@ class MemoryBroker(Broker):
                 subscription.deliver(event)
 
         return PublishResult(accepted, duplicates, int(record["next_seq"]) - 1, rejected)
+
+    def _forget_expired(self) -> None:
+        """Drop jobs that finished more than the retention period ago, as Redis expires them."""
+        cutoff = time.time() - self._retention_seconds
+        expired = [
+            job_id
+            for job_id, job in self._jobs.items()
+            if "finished" in job.record
+            and float(job.record["finished"]) < cutoff
+            and not job.subscribers
+        ]
+        for job_id in expired:
+            del self._jobs[job_id]
+        if expired:
+            logger.debug("forgot %d jobs finished before the retention period", len(expired))
 
     async def history(self, job_id: str, after: int = -1) -> list[Event]:
         job = self._jobs.get(job_id)
