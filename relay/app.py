@@ -24,6 +24,7 @@ from relay.scheduler.local import LocalScheduler
 from relay.scheduler.pbs import PBSScheduler
 from relay.sockets import attach_endpoint, submit_endpoint
 from relay.templates import TemplateRegistry, builtin_scripts_dir
+from relay.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -117,16 +118,19 @@ def create_app(settings: Settings) -> Starlette:
     broker = make_broker(settings)
     service = JobService(settings, broker, templates, {})
     service.schedulers.update(make_schedulers(settings, service))
+    watchdog = Watchdog(service)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await broker.start()
         for scheduler in service.schedulers.values():
             await scheduler.start()
+        watchdog.start()
         logger.info("relay ready: jobs post to %s", settings.relay_url)
         try:
             yield
         finally:
+            await watchdog.close()
             await service.close()
             for scheduler in service.schedulers.values():
                 await scheduler.close()

@@ -35,6 +35,16 @@ class ClusterConfig:
     """Extra qsub arguments for every job, such as ("-A", "project", "-q", "short")."""
     public_url: str | None = None
     max_channels: int = 8
+    qstat_flavour: str = "auto"
+    """pbs (OpenPBS, PBS Pro), torque, slurm-torque (Slurm's Torque wrappers) or auto."""
+    poll_interval: float = 120.0
+    """Seconds between qstat calls that check on the cluster's running jobs."""
+    min_poll_interval: float = 60.0
+    """Fewest seconds between two qstat calls, across all relay instances."""
+    heartbeat_timeout: float = 600.0
+    """A job silent this long is checked at the next allowed qstat call."""
+    finish_grace: float = 5.0
+    """Seconds a job's own terminal event may lag behind qstat reporting it ended."""
     connect_timeout: float = 15.0
     connect_attempts: int = 3
     command_timeout: float = 60.0
@@ -171,6 +181,12 @@ def _clusters(data: dict[str, Any], base: Path, source: Path | None) -> dict[str
             if key in values:
                 values[key] = _path(base, values[key])
         cluster = ClusterConfig(name=name, **values)
+        if cluster.qstat_flavour not in {"auto", "pbs", "torque", "slurm-torque"}:
+            raise ConfigError(
+                f"qstat_flavour of cluster {name!r} must be auto, pbs, torque or slurm-torque"
+            )
+        if cluster.min_poll_interval > cluster.poll_interval:
+            raise ConfigError(f"min_poll_interval of cluster {name!r} exceeds its poll_interval")
         if cluster.scheduler not in {"local", "pbs"}:
             raise ConfigError(
                 f"scheduler of cluster {name!r} must be 'local' or 'pbs', got {cluster.scheduler!r}"

@@ -143,7 +143,13 @@ class JobService:
                 {"message": f"internal error while submitting: {error!r}", "exit_status": None},
             )
             return
-        await self.broker.update_job(job.job_id, {"scheduler_id": scheduler_id})
+        try:
+            await self.broker.update_job(job.job_id, {"scheduler_id": scheduler_id})
+            if self.settings.clusters[job.cluster].scheduler == "pbs":
+                await self.broker.add_active(job.cluster, job.job_id, scheduler_id)
+        except BrokerUnavailable as error:
+            # NOTE: without the record of its scheduler id the watchdog cannot check the job.
+            logger.error("job %s: scheduler id %s not stored: %s", job.job_id, scheduler_id, error)
         await self._publish_quietly(job.job_id, EventType.QUEUED, {"scheduler_id": scheduler_id})
 
     async def _publish_quietly(self, job_id: str, event_type: str, data: Any) -> None:

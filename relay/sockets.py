@@ -56,11 +56,16 @@ async def submit_endpoint(websocket: WebSocket) -> None:
         return
 
     queue_size = service.settings.subscriber_queue
-    # Subscribe before submitting: a job that finishes at once still reaches the socket.
-    async with service.broker.subscribe(job.job_id, queue_size) as subscription:
-        await service.publish(job.job_id, EventType.STARTING, {"script": job.template})
-        service.submit_in_background(job)
-        await _serve(websocket, service, job.job_id, -1, subscription)
+    try:
+        # Subscribe before submitting: a job that finishes at once still reaches the socket.
+        async with service.broker.subscribe(job.job_id, queue_size) as subscription:
+            await service.publish(job.job_id, EventType.STARTING, {"script": job.template})
+            service.submit_in_background(job)
+            await _serve(websocket, service, job.job_id, -1, subscription)
+    except BrokerUnavailable as error:
+        # NOTE: a job whose `starting` was stored before the broker failed stays unsubmitted.
+        logger.warning("job %s: broker unavailable: %s", job.job_id, error)
+        await _close(websocket, CloseCode.INTERNAL_ERROR, "broker unavailable, retry later")
 
 
 async def attach_endpoint(websocket: WebSocket) -> None:
@@ -75,6 +80,14 @@ async def attach_endpoint(websocket: WebSocket) -> None:
             websocket, CloseCode.INVALID_REQUEST, f"after must be an integer: {raw_after!r}"
         )
         return
+    try:
+        await _attach(websocket, service, job_id, after)
+    except BrokerUnavailable as error:
+        logger.warning("job %s: attach failed, broker unavailable: %s", job_id, error)
+        await _close(websocket, CloseCode.INTERNAL_ERROR, "broker unavailable, retry later")
+
+
+async def _attach(websocket: WebSocket, service: JobService, job_id: str, after: int) -> None:
     record = await service.broker.get_job(job_id)
     if record is None:
         await _close(websocket, CloseCode.UNKNOWN_JOB, f"unknown job {job_id}")

@@ -99,8 +99,8 @@ def test_redis_restart_new_socket_replays_job(
 ) -> None:
     """After a Redis restart, a socket opened on the same relay replays the whole job.
 
-    The first client leaves before the crash, so no socket is open during the restart, and the
-    job finishes while nobody watches.
+    The first client closes its socket before the crash, so no socket is open during the
+    restart, and the job finishes before the new socket opens.
     """
     relay = RelayProcess(tmp_path, "--redis", persistent_redis.url)
     client = ResumingClient(relay.ws_url)
@@ -123,13 +123,14 @@ def test_redis_restart_new_socket_replays_job(
             job_id, replay = asyncio.run(scenario())
         finally:
             relay.stop()
+        assert replay.close_code == 1000, (replay.close_code, replay.close_reason)
         assert_complete(replay)
         assert replay.job_id == job_id
         assert len(replay.of_type("token")) == TOKENS
 
 
 def wait_for_state(relay: RelayProcess, job_id: str, state: str) -> None:
-    """Poll GET /jobs/{job_id} until the record has `state`; raise AssertionError on timeout."""
+    """Poll GET /jobs/{job_id} until the record has `state`. Raise AssertionError on timeout."""
     deadline = time.monotonic() + JOB_END_TIMEOUT
     record: object = None
     for _ in range(int(JOB_END_TIMEOUT / 0.2) + 1):

@@ -104,6 +104,23 @@ class Broker(ABC):
     async def history(self, job_id: str, after: int = -1) -> list[Event]:
         """Return the stored events with seq > `after`, oldest first."""
 
+    # Jobs the watchdog checks with the scheduler
+
+    @abstractmethod
+    async def add_active(self, cluster: str, job_id: str, scheduler_id: str) -> None: ...
+
+    @abstractmethod
+    async def remove_active(self, cluster: str, job_id: str) -> None: ...
+
+    @abstractmethod
+    async def active_jobs(self, cluster: str) -> dict[str, str]:
+        """Return job id to scheduler id for the cluster's jobs that have not finished."""
+
+    @abstractmethod
+    async def claim_poll(self, cluster: str, seconds: float) -> bool:
+        """Return True if this instance may ask the scheduler now; False if another did
+        within the last `seconds`."""
+
     @abstractmethod
     async def _add_subscriber(self, subscription: Subscription) -> None:
         """Register `subscription`; return once live delivery to it has begun."""

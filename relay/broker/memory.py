@@ -32,6 +32,7 @@ class MemoryBroker(Broker):
         self._history_length = history_length
         self._retention_seconds = retention_seconds
         self._jobs: dict[str, _Job] = {}
+        self._active: dict[str, dict[str, str]] = {}
 
     async def start(self) -> None:
         logger.info("memory broker started (history of %d events a job)", self._history_length)
@@ -114,6 +115,19 @@ class MemoryBroker(Broker):
         if job is None:
             return []
         return [event for event in job.history if event.seq > after]
+
+    async def add_active(self, cluster: str, job_id: str, scheduler_id: str) -> None:
+        self._active.setdefault(cluster, {})[job_id] = scheduler_id
+
+    async def remove_active(self, cluster: str, job_id: str) -> None:
+        self._active.get(cluster, {}).pop(job_id, None)
+
+    async def active_jobs(self, cluster: str) -> dict[str, str]:
+        return dict(self._active.get(cluster, {}))
+
+    async def claim_poll(self, cluster: str, seconds: float) -> bool:
+        # One process holds every socket and job, so there is no other poller to defer to.
+        return True
 
     async def _add_subscriber(self, subscription: Subscription) -> None:
         job = self._jobs.get(subscription.job_id)

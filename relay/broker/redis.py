@@ -126,12 +126,14 @@ class RedisBroker(Broker):
         self._channels: dict[str, set[Subscription]] = {}
         self._confirmations: dict[str, asyncio.Event] = {}
         self._subscribe_lock = asyncio.Lock()
+        self._subscriber_connected = False
 
     # Lifecycle
 
     async def start(self) -> None:
         await self.ping()
         await self._open_pubsub()
+        self._subscriber_connected = True
         self._reader = asyncio.create_task(self._read_messages(), name="redis-subscriber")
         logger.info("redis broker started on %s", _redacted(self._url))
 
@@ -148,6 +150,8 @@ class RedisBroker(Broker):
         logger.info("redis broker stopped")
 
     async def ping(self) -> None:
+        if self._reader is not None and not self._subscriber_connected:
+            raise BrokerUnavailable("redis subscriber is reconnecting")
         try:
             await self._redis.ping()
         except _UNAVAILABLE as error:
@@ -226,26 +230,61 @@ class RedisBroker(Broker):
             events.append(Event(seq=seq, type=fields[b"t"].decode(), frame=frame))
         return events
 
+    # Jobs the watchdog checks
+
+    async def add_active(self, cluster: str, job_id: str, scheduler_id: str) -> None:
+        await self._call(self._redis.hset, f"relay:active:{cluster}", job_id, scheduler_id)
+
+    async def remove_active(self, cluster: str, job_id: str) -> None:
+        await self._call(self._redis.hdel, f"relay:active:{cluster}", job_id)
+
+    async def active_jobs(self, cluster: str) -> dict[str, str]:
+        raw = await self._call(self._redis.hgetall, f"relay:active:{cluster}")
+        return {key.decode(): value.decode() for key, value in raw.items()}
+
+    async def claim_poll(self, cluster: str, seconds: float) -> bool:
+        claimed = await self._call(
+            self._redis.set, f"relay:watchdog:{cluster}", "1", nx=True, px=int(seconds * 1000)
+        )
+        return bool(claimed)
+
+    async def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except _UNAVAILABLE as error:
+            raise BrokerUnavailable(str(error)) from error
+
     # Subscriptions
 
     async def _add_subscriber(self, subscription: Subscription) -> None:
         channel = job_channel(subscription.job_id)
         async with self._subscribe_lock:
-            subscribers = self._channels.setdefault(channel, set())
-            subscribers.add(subscription)
-            if len(subscribers) > 1:
-                return
-            confirmed = self._confirmations[channel] = asyncio.Event()
-            try:
-                await self._pubsub.subscribe(channel)
-                # Events published before Redis confirms the subscription would not reach
-                # this process, so wait for the confirmation before the caller submits.
-                await asyncio.wait_for(confirmed.wait(), timeout=10)
-            except (*_UNAVAILABLE, RedisError, TimeoutError) as error:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self._channels[channel]
-                raise BrokerUnavailable(f"subscribe to {channel} failed: {error!r}") from error
+            if not self._subscriber_connected:
+                raise BrokerUnavailable("redis subscriber is reconnecting")
+            self._channels.setdefault(channel, set()).add(subscription)
+            confirmed = self._confirmations.get(channel)
+            if confirmed is None:
+                confirmed = self._confirmations[channel] = asyncio.Event()
+                try:
+                    await self._pubsub.subscribe(channel)
+                except (*_UNAVAILABLE, RedisError, RuntimeError) as error:
+                    self._discard(channel, subscription)
+                    raise BrokerUnavailable(f"subscribe to {channel} failed: {error!r}") from error
+        # Events published before Redis confirms the subscription would not reach this
+        # process, so the caller waits for the confirmation before it submits.
+        try:
+            await asyncio.wait_for(confirmed.wait(), timeout=10)
+        except TimeoutError as error:
+            async with self._subscribe_lock:
+                self._discard(channel, subscription)
+            raise BrokerUnavailable(f"subscribe to {channel} not confirmed in 10s") from error
+
+    def _discard(self, channel: str, subscription: Subscription) -> None:
+        subscribers = self._channels.get(channel, set())
+        subscribers.discard(subscription)
+        if not subscribers:
+            self._channels.pop(channel, None)
+            self._confirmations.pop(channel, None)
 
     async def _remove_subscriber(self, subscription: Subscription) -> None:
         channel = job_channel(subscription.job_id)
@@ -269,39 +308,54 @@ class RedisBroker(Broker):
         await self._pubsub.subscribe(CONTROL_CHANNEL, *self._channels)
 
     async def _read_messages(self) -> None:
-        delay = 0.2
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=None)
-                delay = 0.2
             except asyncio.CancelledError:
                 raise
-            except (*_UNAVAILABLE, RedisError) as error:
-                logger.warning(
-                    "redis subscriber lost its connection (%r); retrying in %.1fs", error, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                await self._reconnect_pubsub()
+            except (*_UNAVAILABLE, RedisError, RuntimeError) as error:
+                # redis-py raises RuntimeError when the pub/sub connection is gone entirely.
+                self._subscriber_connected = False
+                logger.warning("redis subscriber lost its connection: %r", error)
+                await self._resubscribe()
                 continue
             if message is not None:
                 self._dispatch(message)
 
-    async def _reconnect_pubsub(self) -> None:
-        try:
-            old = self._pubsub
-            self._pubsub = self._redis.pubsub()
-            await self._pubsub.subscribe(CONTROL_CHANNEL, *self._channels)
-            await old.aclose()
-        except (*_UNAVAILABLE, RedisError) as error:
-            logger.warning("redis resubscribe failed: %r", error)
+    async def _resubscribe(self) -> None:
+        """Open a new pub/sub connection and subscribe every channel again, until it works."""
+        delay = 0.2
+        attempt = 0
+        while True:
+            await asyncio.sleep(delay)
+            attempt += 1
+            async with self._subscribe_lock:
+                replacement = self._redis.pubsub()
+                try:
+                    await replacement.subscribe(CONTROL_CHANNEL, *self._channels)
+                except (*_UNAVAILABLE, RedisError) as error:
+                    await _close_quietly(replacement)
+                    if attempt == 1 or attempt % 10 == 0:
+                        logger.warning("redis resubscribe attempt %d failed: %r", attempt, error)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                old, self._pubsub = self._pubsub, replacement
+                self._subscriber_connected = True
+                for channel in self._channels:
+                    # The confirmation of the new subscription counts for waiting callers.
+                    self._confirmations.setdefault(channel, asyncio.Event())
+            await _close_quietly(old)
+            logger.info(
+                "redis subscriber reconnected after %d attempts; %d channels resubscribed",
+                attempt,
+                len(self._channels),
+            )
+            # Events published while the connection was down reached no subscriber here,
+            # so every socket fetches its job's history again.
+            for subscribers in self._channels.values():
+                for subscription in subscribers:
+                    subscription.interrupt()
             return
-        logger.info("redis subscriber reconnected; %d channels resubscribed", len(self._channels))
-        # Events published while the connection was down reached no subscriber here,
-        # so every socket fetches its job's history again.
-        for subscribers in self._channels.values():
-            for subscription in subscribers:
-                subscription.interrupt()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message["channel"].decode()
@@ -322,6 +376,13 @@ class RedisBroker(Broker):
         )
         for subscription in list(subscribers):
             subscription.deliver(event)
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except (*_UNAVAILABLE, RedisError, RuntimeError) as error:
+        logger.debug("closing a broken pub/sub connection failed: %r", error)
 
 
 def _redacted(url: str) -> str:

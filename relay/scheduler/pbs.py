@@ -9,6 +9,13 @@ import shlex
 from relay.config import QSUB_SAFE_VALUE, ClusterConfig
 from relay.errors import SchedulerError, SubmitError
 from relay.scheduler.base import JobSubmission, Scheduler
+from relay.scheduler.qstat import (
+    FLAVOURS,
+    JobStatus,
+    detect_and_parse,
+    status_command,
+    unknown_job_ids,
+)
 from relay.ssh import SSHConnection
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,9 @@ class PBSScheduler(Scheduler):
         self.name = cluster.name
         self.cluster = cluster
         self.ssh = SSHConnection(cluster)
+        self.flavour: str | None = (
+            None if cluster.qstat_flavour == "auto" else cluster.qstat_flavour
+        )
 
     async def close(self) -> None:
         await self.ssh.close()
@@ -70,6 +80,33 @@ class PBSScheduler(Scheduler):
         logger.info("job %s submitted to %s as %s", submission.job_id, self.name, scheduler_id)
         return scheduler_id
 
+    async def status(self, scheduler_ids: list[str]) -> tuple[dict[str, JobStatus], set[str]]:
+        """Ask qstat about all `scheduler_ids` in one call.
+
+        Returns the statuses qstat listed and the ids it reported as unknown. On the first
+        call with the flavour "auto", the qstat flavours are tried in turn and the first
+        that works is kept.
+        """
+        flavours = [self.flavour] if self.flavour else list(FLAVOURS)
+        failures = []
+        for flavour in flavours:
+            result = await self.ssh.run(status_command(flavour, scheduler_ids))
+            stdout, stderr = _text(result.stdout), _text(result.stderr)
+            unknown = unknown_job_ids(stderr)
+            if result.exit_status != 0 and not unknown and (stdout.strip() or _is_usage(stderr)):
+                failures.append(f"{flavour}: exit status {result.exit_status}: {stderr.strip()}")
+                continue
+            try:
+                statuses = detect_and_parse(stdout)
+            except ValueError as error:
+                failures.append(f"{flavour}: {error}")
+                continue
+            if self.flavour is None:
+                logger.info("cluster %s: qstat flavour is %s", self.name, flavour)
+                self.flavour = flavour
+            return statuses, unknown
+        raise SchedulerError(f"qstat on {self.name} failed: {'; '.join(failures)[:500]}")
+
     async def cancel(self, scheduler_id: str) -> None:
         result = await self.ssh.run(f"qdel {shlex.quote(scheduler_id)}")
         if result.exit_status != 0:
@@ -79,6 +116,11 @@ class PBSScheduler(Scheduler):
                 exit_status=result.exit_status,
                 stderr=_text(result.stderr),
             )
+
+
+def _is_usage(stderr: str) -> bool:
+    text = stderr.lower()
+    return any(word in text for word in ("usage", "invalid option", "unknown option", "illegal"))
 
 
 def _text(value: object) -> str:

@@ -139,8 +139,9 @@ class ResumingClient:
                     pass
                 connection.close_code = websocket.close_code
                 connection.close_reason = websocket.close_reason or ""
-        except (OSError, InvalidHandshake, TimeoutError) as error:
-            # The relay is down or does not accept connections yet, so the caller retries.
+        except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as error:
+            # The relay is down, does not accept connections yet or dropped the socket before
+            # the submit frame went out, so the caller retries.
             connection.error = repr(error)
         return connection
 
