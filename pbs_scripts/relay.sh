@@ -1,36 +1,35 @@
 #!/bin/bash
 # relay.sh: the job-side helper of hpc-relay. The relay pastes this file into every job script
-# after the template's #PBS lines, so it runs before the template body. On load it sends
-# "started"; afterwards the template reports through these functions:
+# after the template's #PBS lines, so it runs before the template body. It sends "started" on
+# load, and the template then reports through these functions:
 #
-#   relay_log TEXT...             send a log line (arguments joined with spaces)
-#   relay_progress PERCENT [MSG]  send progress; PERCENT is a number from 0 to 100
+#   relay_log TEXT...             send a log line, the arguments joined with spaces
+#   relay_progress PERCENT [MSG]  send progress, PERCENT being a number from 0 to 100
 #   relay_token TEXT              send one token of streamed text
-#   relay_result JSON             send a result; JSON is sent as given
+#   relay_result JSON             send a result, the JSON text as given
 #   relay_chunk FILE [MIME]       send the bytes of FILE (default MIME application/octet-stream)
 #   relay_complete [JSON]         send the terminal "complete" event (default data null)
 #   relay_fatal MESSAGE...        send the terminal "fatal" event, then exit the script with 1
 #   relay_event TYPE JSON         send an event of any type
 #   relay_arg NAME                print one argument: a string as is with no newline added,
-#                                 other values as JSON; print nothing and return 1 if missing
+#                                 another value as JSON, nothing (and return 1) if it is missing
 #   relay_args                    print the arguments as the JSON object the relay sent
 #   relay_json_string TEXT        print TEXT as a JSON string literal
 #
-# The send functions return 0 once the relay accepted the event, or when it answered 409 (the
-# job is already finished). Otherwise they print the reason on stderr and return non-zero, and
-# they never exit the script, except relay_fatal. Usage errors return 2.
+# The send functions return 0 once the relay accepted the event, or when it responded 409
+# because the job is already finished. Otherwise they print the reason on stderr and return
+# non-zero. Only relay_fatal exits the script. Usage errors return 2.
 #
 # Only one terminal event is sent. If the script exits without one, the EXIT trap sends fatal
 # with the exit status. SIGTERM (qdel, walltime limit), SIGINT and SIGHUP send fatal with
 # 128 + the signal number and exit with that status. A template that sets its own EXIT, TERM,
 # INT or HUP trap, or replaces the shell with exec, loses these events.
 #
-# RELAY_SCRATCH is a private folder for the template's own files. It is removed on exit.
+# RELAY_SCRATCH is a private folder for the template's own files, removed on exit.
 # $(relay_arg NAME) drops trailing newlines, as every command substitution does.
-# NOTE: tested with bash 5.2 and curl 7.88. The helper needs curl 7.55 or later for -H @FILE.
+# NOTE: tested only with bash 5.2 and curl 7.88. -H @FILE needs curl 7.55 or later.
 
-# Reading RELAY_* before anything else, so that a script started outside the relay stops
-# with a clear message instead of posting to a wrong address.
+# A script started outside the relay stops here with a clear message.
 for _relay_variable in RELAY_URL RELAY_JOB_ID RELAY_TOKEN; do
     if [[ -z ${!_relay_variable:-} ]]; then
         printf 'relay.sh: %s is not set. Submit this job through the relay, which sets RELAY_URL, RELAY_JOB_ID, RELAY_TOKEN and RELAY_ARGS.\n' \
@@ -60,14 +59,15 @@ chmod 700 "$_relay_dir"
 _relay_main_pid=$BASHPID
 RELAY_SCRATCH=$_relay_dir/scratch
 mkdir -m 700 "$RELAY_SCRATCH"
-printf '0\n' >"$_relay_dir/last_id"
+# The helper writes with >| and >> because a template's set -o noclobber would reject >.
+printf '0\n' >|"$_relay_dir/last_id"
 
 # curl reads the header from this file, so the token never appears in a command line, which
 # any user on the node can read with ps. xtrace is off here so that bash -x does not print it.
 (
     set +x
     umask 077
-    printf 'Authorization: Bearer %s\n' "$RELAY_TOKEN" >"$_relay_dir/auth_header"
+    printf 'Authorization: Bearer %s\n' "$RELAY_TOKEN" >|"$_relay_dir/auth_header"
 )
 
 # JSON escapes of the control characters other than \t, \n and \r.
@@ -90,16 +90,25 @@ _relay_usage() {
     return 2
 }
 
-# Runs "$@" in the current shell while holding the helper's lock. The timeout keeps a signal
-# trap that runs inside a locked section from waiting forever on the lock its own shell holds.
+# Runs "$@" in the current shell while holding the helper's lock. A signal trap that runs
+# inside a locked section of the same shell already holds the lock, so it does not wait for
+# it. The timeout covers any other way of waiting on a lock that is never released.
 _relay_locked() {
+    if [[ ${_relay_lock_holder:-} == "$BASHPID" ]]; then
+        "$@"
+        return
+    fi
     {
         if ! flock -w 10 9; then
             printf 'relay.sh: timed out after 10 s waiting for the lock %s; continuing without it.\n' \
                 "$_relay_dir/lock" >&2
         fi
+        _relay_lock_holder=$BASHPID
         "$@"
-    } 9>"$_relay_dir/lock"
+        local status=$?
+        _relay_lock_holder=
+        return "$status"
+    } 9>>"$_relay_dir/lock"
 }
 
 # Sets _relay_id to the next event id. Call it through _relay_locked.
@@ -107,7 +116,7 @@ _relay_increment_id() {
     local last_id
     IFS= read -r last_id <"$_relay_dir/last_id"
     _relay_id=$((last_id + 1))
-    printf '%s\n' "$_relay_id" >"$_relay_dir/last_id"
+    printf '%s\n' "$_relay_id" >|"$_relay_dir/last_id"
 }
 
 # Records TYPE as the terminal event and returns 1 if one was already recorded. Call it
@@ -116,7 +125,7 @@ _relay_claim_terminal() {
     if [[ -s $_relay_dir/terminal ]]; then
         return 1
     fi
-    printf '%s\n' "$1" >"$_relay_dir/terminal"
+    printf '%s\n' "$1" >|"$_relay_dir/terminal"
 }
 
 # Prints the recorded terminal event type, or nothing.
@@ -130,22 +139,29 @@ _relay_terminal_type() {
 
 # Sets _relay_reply to TEXT as a JSON string literal. The C locale makes bash work on bytes,
 # so UTF-8 passes through unchanged and invalid UTF-8 cannot confuse the pattern matching.
+# bash's ${var//...} slows down more than linearly on long strings (900 KB took 5 s in one
+# piece on bash 5.2), so the text is escaped in 32 KiB pieces.
 _relay_json_escape() {
     local LC_ALL=C
-    local text=$1 backslash='\' i
-    text=${text//"$backslash"/"$backslash$backslash"}
-    text=${text//'"'/'\"'}
-    if [[ $text == $_relay_control_pattern ]]; then
-        text=${text//$'\n'/'\n'}
-        text=${text//$'\r'/'\r'}
-        text=${text//$'\t'/'\t'}
-        if [[ $text == $_relay_control_pattern ]]; then
-            for ((i = 0; i < ${#_relay_control_chars[@]}; i++)); do
-                text=${text//"${_relay_control_chars[i]}"/"${_relay_control_escapes[i]}"}
-            done
+    local text=$1 piece escaped= offset=0 i backslash='\'
+    while ((offset < ${#text})); do
+        piece=${text:offset:32768}
+        offset=$((offset + 32768))
+        piece=${piece//"$backslash"/"$backslash$backslash"}
+        piece=${piece//'"'/'\"'}
+        if [[ $piece == $_relay_control_pattern ]]; then
+            piece=${piece//$'\n'/'\n'}
+            piece=${piece//$'\r'/'\r'}
+            piece=${piece//$'\t'/'\t'}
+            if [[ $piece == $_relay_control_pattern ]]; then
+                for ((i = 0; i < ${#_relay_control_chars[@]}; i++)); do
+                    piece=${piece//"${_relay_control_chars[i]}"/"${_relay_control_escapes[i]}"}
+                done
+            fi
         fi
-    fi
-    _relay_reply="\"$text\""
+        escaped+=$piece
+    done
+    _relay_reply="\"$escaped\""
 }
 
 # Sets _relay_reply to TEXT percent-encoded for a URL query value.
@@ -181,8 +197,9 @@ _relay_status_hint() {
 # starting with ?). $4 names the event in messages. $5 is "terminal" for complete and fatal.
 #
 # curl's own --retry covers timeouts, refused connections and HTTP 408, 429, 500, 502, 503 and
-# 504. It gives up at once on a dropped connection or another 5xx, so this loop retries those,
-# within the same 300 s. Retrying is safe because the relay drops an event id it already has.
+# 504 (curl 7.88 documentation of --retry). It gives up at once on a dropped connection or
+# another 5xx, so this loop retries those within the same 300 s. Retrying is safe because the
+# relay ignores an event id that it already accepted.
 # After one POST runs out of retries, later non-terminal events get one attempt each, so that
 # a relay that is gone does not stall the job's work by 300 s per event.
 _relay_post() {
@@ -191,7 +208,7 @@ _relay_post() {
     local response_file=$_relay_dir/response.$BASHPID
     local unreachable_file=$_relay_dir/unreachable
     local max_attempts=10 attempt=1 delay=1 deadline=$((SECONDS + 300))
-    local status rc reason response
+    local status rc reason response attempts_note=
     local retry_options=(--retry 10 --retry-connrefused --retry-max-time 300)
 
     if [[ -e $_relay_dir/finished ]]; then
@@ -200,6 +217,7 @@ _relay_post() {
     if [[ -e $unreachable_file && $kind != terminal ]]; then
         max_attempts=1
         retry_options=(--retry 0)
+        attempts_note=' (one attempt only, because an earlier POST ran out of retries)'
     fi
     while true; do
         rc=0
@@ -214,9 +232,9 @@ _relay_post() {
                     return 0
                     ;;
                 409)
-                    # The relay no longer takes events for this job, so later ones are dropped
-                    # here without a request.
-                    : >"$_relay_dir/finished"
+                    # The relay no longer accepts events for this job, so later ones are
+                    # dropped here without a request.
+                    : >|"$_relay_dir/finished"
                     rm -f -- "$response_file"
                     return 0
                     ;;
@@ -236,19 +254,19 @@ _relay_post() {
             case $rc in
                 16 | 18 | 35 | 52 | 55 | 56 | 92) reason="curl exit status $rc" ;;
                 *)
-                    printf 'relay.sh: POST of %s to %s failed: curl exit status %s (curl printed the cause above).\n' \
-                        "$label" "$url" "$rc" >&2
+                    printf 'relay.sh: POST of %s to %s failed with curl exit status %s%s. curl printed the cause above.\n' \
+                        "$label" "$url" "$rc" "$attempts_note" >&2
                     rm -f -- "$response_file"
-                    : >"$unreachable_file"
+                    : >|"$unreachable_file"
                     return 1
                     ;;
             esac
         fi
         if ((attempt >= max_attempts || SECONDS + delay > deadline)); then
-            printf 'relay.sh: POST of %s to %s failed after %s attempts, the last with %s. The event is lost.\n' \
-                "$label" "$url" "$attempt" "$reason" >&2
+            printf 'relay.sh: POST of %s to %s failed with %s after %s attempt(s)%s. The event is lost.\n' \
+                "$label" "$url" "$reason" "$attempt" "$attempts_note" >&2
             rm -f -- "$response_file"
-            : >"$unreachable_file"
+            : >|"$unreachable_file"
             return 1
         fi
         printf 'relay.sh: POST of %s to %s failed with %s; retrying in %s s (attempt %s of %s).\n' \
@@ -267,13 +285,13 @@ _relay_send() {
     id=$_relay_id
     _relay_json_escape "$type"
     body_file=$_relay_dir/body.$BASHPID
-    printf '{"id": %s, "type": %s, "data": %s}' "$id" "$_relay_reply" "$data" >"$body_file"
+    printf '{"id": %s, "type": %s, "data": %s}' "$id" "$_relay_reply" "$data" >|"$body_file"
     _relay_post "$body_file" application/json "" "event $id ($type)" "$kind" || status=$?
     rm -f -- "$body_file"
     return "$status"
 }
 
-# Sends the terminal event claimed before. If the relay did not take it, the claim is
+# Sends the terminal event claimed before. If the relay did not accept it, the claim is
 # dropped, so that the EXIT trap can still report the end of the job.
 _relay_send_terminal() {
     local status=0
@@ -453,7 +471,7 @@ relay_fatal() {
     fi
     # exit in a subshell (a pipeline, a command substitution) ends only that subshell.
     if [[ $BASHPID != "$_relay_main_pid" ]]; then
-        printf '1\n' >"$_relay_dir/requested_exit_status"
+        printf '1\n' >|"$_relay_dir/requested_exit_status"
         kill -TERM "$_relay_main_pid" 2>/dev/null || true
     fi
     exit 1
@@ -477,9 +495,9 @@ try:
     raw = base64.b64decode(padded, altchars=b"-_", validate=True) if encoded else b"{}"
     arguments = json.loads(raw.decode("utf-8"))
 except ValueError as error:
-    fail("RELAY_ARGS is not base64url-encoded UTF-8 JSON (%s). The relay sets it; do not change it." % error)
+    fail("RELAY_ARGS is not base64url-encoded UTF-8 JSON (%s). The relay sets it, so do not change it." % error)
 if not isinstance(arguments, dict):
-    fail("RELAY_ARGS holds JSON of type %s, not an object." % type(arguments).__name__)
+    fail("RELAY_ARGS contains JSON of type %s, not an object." % type(arguments).__name__)
 if sys.argv[1] == "args":
     sys.stdout.buffer.write(raw)
     sys.exit(0)

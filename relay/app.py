@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -51,14 +53,32 @@ def make_schedulers(settings: Settings, service: JobService) -> dict[str, Schedu
     return schedulers
 
 
-async def get_job(request: Request) -> Response:
+def _error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+async def _owned_record(request: Request) -> dict[str, str] | Response:
+    """Return the job's record if the request's key owns it, else the error response.
+
+    Another key's job gets the same 404 as an unknown job, so its id is not confirmed.
+    """
     service: JobService = request.app.state.jobs
+    owner = service.auth.client(request.headers, request.query_params)
+    if owner is None:
+        return _error(401, "missing or invalid API key", **{"WWW-Authenticate": "Bearer"})
     try:
         record = await service.broker.get_job(request.path_params["job_id"])
     except BrokerUnavailable:
-        return JSONResponse({"error": "broker unavailable, retry later"}, status_code=503)
-    if record is None:
-        return JSONResponse({"error": "unknown job"}, status_code=404)
+        return _error(503, "broker unavailable, retry later")
+    if record is None or record.get("owner") != owner:
+        return _error(404, "unknown job")
+    return record
+
+
+async def get_job(request: Request) -> Response:
+    record = await _owned_record(request)
+    if isinstance(record, Response):
+        return record
     return JSONResponse(record_to_public(record))
 
 
@@ -69,14 +89,14 @@ async def get_events(request: Request) -> Response:
     try:
         after = int(raw_after)
     except ValueError:
-        return JSONResponse({"error": f"after must be an integer: {raw_after!r}"}, status_code=400)
+        return _error(400, f"after must be an integer: {raw_after!r}")
+    record = await _owned_record(request)
+    if isinstance(record, Response):
+        return record
     try:
-        record = await service.broker.get_job(job_id)
-        events = await service.broker.history(job_id, after) if record else []
+        events = await service.broker.history(job_id, after)
     except BrokerUnavailable:
-        return JSONResponse({"error": "broker unavailable, retry later"}, status_code=503)
-    if record is None:
-        return JSONResponse({"error": "unknown job"}, status_code=404)
+        return _error(503, "broker unavailable, retry later")
     envelopes = []
     for event in events:
         envelope = event.envelope()
@@ -84,19 +104,23 @@ async def get_events(request: Request) -> Response:
         if payload is not None:
             envelope["data_base64"] = base64.b64encode(payload).decode("ascii")
         envelopes.append(envelope)
-    return JSONResponse({"job": job_id, "state": record["state"], "events": envelopes})
+    body: dict[str, object] = {"job": job_id, "state": record["state"], "events": envelopes}
+    if events and events[0].seq > max(after, -1) + 1:
+        body["trimmed"] = {"after": after, "first_seq": events[0].seq}
+    return JSONResponse(body)
 
 
 async def cancel_job(request: Request) -> Response:
     service: JobService = request.app.state.jobs
     job_id = request.path_params["job_id"]
+    record = await _owned_record(request)
+    if isinstance(record, Response):
+        return record
     try:
-        if await service.broker.get_job(job_id) is None:
-            return JSONResponse({"error": "unknown job"}, status_code=404)
         if not await service.cancel(job_id, by="api"):
-            return JSONResponse({"error": "job already finished"}, status_code=409)
+            return _error(409, "job already finished")
     except BrokerUnavailable:
-        return JSONResponse({"error": "broker unavailable, retry later"}, status_code=503)
+        return _error(503, "broker unavailable, retry later")
     return JSONResponse({"cancelled": job_id}, status_code=202)
 
 
@@ -149,6 +173,14 @@ def create_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz),
         ],
         lifespan=lifespan,
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.origins),
+                allow_methods=["GET", "DELETE"],
+                allow_headers=["Authorization"],
+            )
+        ],
     )
     app.state.jobs = service
     app.state.settings = settings

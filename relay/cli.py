@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -37,8 +38,17 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="Redis URL for the broker (default $REDIS_URL, else in-memory)",
     )
-    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        default=Path(os.environ["RELAY_CONFIG"]) if os.environ.get("RELAY_CONFIG") else None,
+        help="TOML config file (default $RELAY_CONFIG)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    key = commands.add_parser("key", help="create an API key and print its config line")
+    key.add_argument("name", help="name of the key's owner, e.g. web-frontend")
 
     for name, text in (
         ("submit", "submit a job and print its events"),
@@ -143,19 +153,29 @@ def _submit(options: argparse.Namespace) -> int:
     frame: dict[str, object] = {"type": "submit", "script": options.script, "args": args}
     if options.cluster:
         frame["cluster"] = options.cluster
-    return asyncio.run(stream_job(_ws_url(options.server, "/ws/jobs"), frame))
+    return asyncio.run(stream_job(_ws_url(options.server, "/ws/jobs"), frame, key=options.key))
+
+
+def _key(options: argparse.Namespace) -> int:
+    from relay.auth import hash_key, new_key
+
+    key = new_key()
+    print(f"key (give it to the client; it is not stored): {key}")
+    print("config line for [auth] keys:")
+    print(f'  {{ name = "{options.name}", sha256 = "{hash_key(key)}" }},')
+    return 0
 
 
 def _watch(options: argparse.Namespace) -> int:
     from relay.client import stream_job
 
     url = _ws_url(options.server, f"/ws/jobs/{options.job_id}?after={options.after}")
-    return asyncio.run(stream_job(url, None))
+    return asyncio.run(stream_job(url, None, key=options.key))
 
 
 def main(argv: list[str] | None = None) -> int:
     options = _build_parser().parse_args(argv)
-    handlers = {"serve": _serve, "submit": _submit, "watch": _watch}
+    handlers = {"serve": _serve, "submit": _submit, "watch": _watch, "key": _key}
     try:
         return handlers[options.command](options)
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ import sys
 from typing import Any, TextIO
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from relay.events import CloseCode, decode_binary_frame
 
@@ -74,12 +74,17 @@ class EventPrinter:
 
 
 async def stream_job(
-    url: str, submit: dict[str, Any] | None, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    url: str,
+    submit: dict[str, Any] | None,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    key: str | None = None,
 ) -> int:
     """Open `url`, send `submit` if given, print events until close; return an exit status."""
     printer = EventPrinter(out, err)
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     try:
-        async with connect(url, max_size=None) as websocket:
+        async with connect(url, max_size=None, additional_headers=headers) as websocket:
             if submit is not None:
                 await websocket.send(json.dumps(submit))
             try:
@@ -92,6 +97,16 @@ async def stream_job(
                 pass
             code = websocket.close_code
             reason = websocket.close_reason or ""
+    except InvalidStatus as error:
+        printer.finish()
+        status = error.response.status_code
+        hint = (
+            " (missing or invalid API key: pass --key or set RELAY_API_KEY)"
+            if status == 403
+            else ""
+        )
+        print(f"relay: {url} refused the connection with HTTP {status}{hint}", file=err)
+        return EXIT_USAGE
     except (OSError, InvalidHandshake, InvalidURI) as error:
         printer.finish()
         print(f"relay: cannot connect to {url}: {error}", file=err)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.auth import ApiKey, is_loopback
 from relay.errors import ConfigError
 
 # Values passed with `qsub -v` must survive a trip through `sh` (Slurm's Torque wrapper
@@ -63,8 +64,22 @@ class Settings:
     history_length: int = 10_000
     retention_seconds: int = 86_400
     subscriber_queue: int = 1024
-    max_body_bytes: int = 1_048_576
     local_workdir: Path | None = None
+
+    # Client authentication
+    api_keys: tuple[ApiKey, ...] = ()
+    origins: tuple[str, ...] = ()
+    token_grace_seconds: int = 3600
+    queue_grace_seconds: int = 7 * 86_400
+
+    # Limits
+    max_body_bytes: int = 1_048_576
+    max_chunk_bytes: int = 4 * 1_048_576
+    max_line_bytes: int = 65_536
+    events_per_second: float = 200.0
+    jobs_per_key: int = 20
+    sockets_per_key: int = 50
+    submits_per_minute: int = 60
 
     @property
     def relay_url(self) -> str:
@@ -123,7 +138,8 @@ def load_settings(
         history_length=int(server.get("history_length", 10_000)),
         retention_seconds=int(server.get("retention_seconds", 86_400)),
         subscriber_queue=int(server.get("subscriber_queue", 1024)),
-        max_body_bytes=int(server.get("max_body_bytes", 1_048_576)),
+        **_auth_settings(_table(data, "auth", config_file)),
+        **_limit_settings(_table(data, "limits", config_file)),
     )
     if not settings.clusters:
         settings.clusters["local"] = ClusterConfig(name="local")
@@ -132,6 +148,11 @@ def load_settings(
         raise ConfigError(f"default_cluster {default!r} is not among the configured clusters")
     settings = _replace(settings, default_cluster=default)
 
+    if not settings.api_keys and not is_loopback(settings.host):
+        raise ConfigError(
+            f"refusing to listen on {settings.host} without API keys: anyone who can reach "
+            "it could run jobs. Add keys under [auth] (see `relay key`), or listen on 127.0.0.1"
+        )
     for cluster in settings.clusters.values():
         url = settings.cluster_url(cluster)
         if not QSUB_SAFE_VALUE.fullmatch(url):
@@ -140,6 +161,57 @@ def load_settings(
                 "cannot pass safely; use only letters, digits and _.:/+=-"
             )
     return settings
+
+
+_LIMITS = {
+    "max_body_bytes": int,
+    "max_chunk_bytes": int,
+    "max_line_bytes": int,
+    "events_per_second": float,
+    "jobs_per_key": int,
+    "sockets_per_key": int,
+    "submits_per_minute": int,
+}
+
+
+def _limit_settings(table: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(table) - set(_LIMITS)
+    if unknown:
+        raise ConfigError(f"unknown settings in [limits]: {', '.join(sorted(unknown))}")
+    values = {}
+    for name, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"[limits] {name} must be a positive number, got {value!r}")
+        values[name] = _LIMITS[name](value)
+    return values
+
+
+def _auth_settings(table: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(table) - {"keys", "origins", "token_grace_seconds", "queue_grace_seconds"}
+    if unknown:
+        raise ConfigError(f"unknown settings in [auth]: {', '.join(sorted(unknown))}")
+    keys = []
+    for index, entry in enumerate(table.get("keys", [])):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+            raise ConfigError(f"[auth] keys[{index}] needs a name of letters, digits, _.@-")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ConfigError(
+                f"[auth] key {name!r} needs sha256 = the 64 lowercase hex digits of the key's "
+                "SHA-256 (`relay key NAME` prints one)"
+            )
+        keys.append(ApiKey(name=name, sha256=digest))
+    if len({key.name for key in keys}) != len(keys):
+        raise ConfigError("[auth] key names must be unique")
+    origins = table.get("origins", [])
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise ConfigError("[auth] origins must be a list of strings like https://app.example.org")
+    values: dict[str, Any] = {"api_keys": tuple(keys), "origins": tuple(origins)}
+    for name in ("token_grace_seconds", "queue_grace_seconds"):
+        if name in table:
+            values[name] = int(table[name])
+    return values
 
 
 def _replace(settings: Settings, **changes: Any) -> Settings:

@@ -15,6 +15,10 @@ class TemplateError(RelayError):
     """Raised when a submit names an unknown template or passes invalid arguments."""
 
 
+class LimitExceeded(RelayError):
+    """Raised when an API key has too many jobs or sockets, or submits too fast."""
+
+
 class BrokerUnavailable(RelayError):
     """Raised when the broker cannot be reached; callers answer 503 and retry."""
 

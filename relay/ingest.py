@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ JSON_TYPES = {"application/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl"}
 BINARY_TYPES = {"application/octet-stream"}
 MAX_EVENTS_PER_REQUEST = 1000
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class InvalidEvent(ValueError):
@@ -35,31 +37,45 @@ class BodyTooLarge(ValueError):
     """Raised when a body exceeds the configured maximum size."""
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, retry_after: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _unauthorized() -> JSONResponse:
+    return JSONResponse(
+        {"error": "invalid or expired token for this job"},
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def ingest_events(request: Request) -> JSONResponse:
     service: JobService = request.app.state.jobs
     job_id = request.path_params["job_id"]
 
-    # Unknown jobs and wrong tokens get the same answer, so it tells nothing about
-    # which job ids exist.
+    # A missing, wrong or expired token and an unknown job all get the same answer, so it
+    # tells nothing about which job ids exist.
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return _error(401, "missing bearer token")
+    if scheme.lower() != "bearer" or not token or not JOB_ID.fullmatch(job_id):
+        return _unauthorized()
     try:
         record = await service.broker.get_job(job_id)
     except BrokerUnavailable:
         return _error(503, "broker unavailable, retry later")
     if record is None or not token_matches(token, record):
         logger.info("job %s: ingest refused, invalid token", job_id)
-        return _error(401, "invalid token for this job")
+        return _unauthorized()
+    if service.token_expired(record, time.time()):
+        logger.info("job %s: ingest refused, token expired", job_id)
+        return _unauthorized()
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    settings = service.settings
+    limit = settings.max_chunk_bytes if content_type in BINARY_TYPES else settings.max_body_bytes
     try:
-        body = await _read_body(request, service.settings.max_body_bytes)
-        events = _parse_events(request, content_type, body)
+        body = await _read_body(request, limit)
+        events = _parse_events(request, content_type, body, settings.max_line_bytes)
     except BodyTooLarge as error:
         return _error(413, str(error))
     except MalformedBody as error:
@@ -73,6 +89,15 @@ async def ingest_events(request: Request) -> JSONResponse:
             "application/x-ndjson or application/octet-stream",
         )
 
+    # A batch costs its event count, capped at the burst so that any batch can pass.
+    wait = service.ingest_rate.take(job_id, min(len(events), 2 * settings.events_per_second))
+    if wait:
+        logger.info("job %s: ingest rate limited, %d events refused", job_id, len(events))
+        return _error(
+            429,
+            f"more than {settings.events_per_second:g} events a second for this job",
+            retry_after=wait,
+        )
     try:
         result = await service.broker.publish(job_id, events)
     except JobFinished:
@@ -114,7 +139,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_events(request: Request, content_type: str, body: bytes) -> list[NewEvent] | None:
+def _parse_events(
+    request: Request, content_type: str, body: bytes, max_line_bytes: int
+) -> list[NewEvent] | None:
     now = time.time()
     if content_type in BINARY_TYPES:
         return [_binary_event(request, body, now)]
@@ -125,7 +152,13 @@ def _parse_events(request: Request, content_type: str, body: bytes) -> list[NewE
         elif not isinstance(items, list):
             raise InvalidEvent("body must be an event object or an array of events")
     elif content_type in NDJSON_TYPES:
-        items = [_decode_json(line) for line in body.splitlines() if line.strip()]
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        for number, line in enumerate(lines, 1):
+            if len(line) > max_line_bytes:
+                raise BodyTooLarge(
+                    f"NDJSON line {number} has {len(line)} bytes; the limit is {max_line_bytes}"
+                )
+        items = [_decode_json(line) for line in lines]
     else:
         return None
     if not items:

@@ -13,11 +13,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from relay.auth import Authenticator
 from relay.broker.base import Broker, PublishResult
 from relay.broker.states import TERMINAL_STATES
 from relay.config import Settings
-from relay.errors import BrokerUnavailable, JobFinished, RelayError, SubmitError, TemplateError
+from relay.errors import (
+    BrokerUnavailable,
+    JobFinished,
+    LimitExceeded,
+    RelayError,
+    SubmitError,
+    TemplateError,
+)
 from relay.events import EventType, new_event
+from relay.limits import BucketMap
 from relay.scheduler.base import JobSubmission, Scheduler
 from relay.templates import TemplateRegistry, encode_args
 
@@ -31,6 +40,12 @@ class NewJob:
     template: str
     args: dict[str, Any]
     cluster: str
+    owner: str
+
+
+def owner_set(owner: str) -> str:
+    """Name of the broker's set of an API key's unfinished jobs."""
+    return f"owner:{owner}"
 
 
 def hash_token(token: str) -> str:
@@ -57,13 +72,23 @@ class JobService:
         self.templates = templates
         self.schedulers = schedulers
         self._tasks: set[asyncio.Task[None]] = set()
+        self.auth = Authenticator(settings.api_keys, settings.origins)
+        self.submits = BucketMap(settings.submits_per_minute / 60, settings.submits_per_minute)
+        self.ingest_rate = BucketMap(settings.events_per_second, 2 * settings.events_per_second)
+        self.sockets_by_owner: dict[str, int] = {}
         self.shutting_down = asyncio.Event()
         """Set when the relay stops: open sockets close with 1001 so clients resume elsewhere."""
         self.open_sockets = 0
         self._sockets_closed = asyncio.Event()
 
-    async def create(self, template_name: object, args: object, cluster: object) -> NewJob:
-        """Validate a submit request and store the new job's record; raise TemplateError."""
+    async def create(
+        self, template_name: object, args: object, cluster: object, owner: str
+    ) -> NewJob:
+        """Validate a submit request and store the new job's record.
+
+        Raises TemplateError for an invalid request and LimitExceeded when the key has too
+        many unfinished jobs or submits too fast.
+        """
         template = self.templates.get(template_name)
         checked = self.templates.validate_args(template, {} if args is None else args)
         cluster_name = self.settings.default_cluster if cluster is None else cluster
@@ -71,12 +96,14 @@ class JobService:
             raise TemplateError(
                 f"unknown cluster {cluster_name!r}; known: {', '.join(sorted(self.schedulers))}"
             )
+        await self._check_owner_limits(owner)
         job = NewJob(
             job_id=uuid.uuid4().hex,
             token=secrets.token_urlsafe(32),
             template=template.name,
             args=checked,
             cluster=cluster_name,
+            owner=owner,
         )
         await self.broker.create_job(
             job.job_id,
@@ -90,12 +117,46 @@ class JobService:
                 "created": f"{time.time():.6f}",
                 "scheduler_id": "",
                 "exit_status": "",
+                "owner": owner,
+                "walltime": str(template.walltime_seconds),
             },
         )
+        await self.broker.add_active(owner_set(owner), job.job_id, "")
         logger.info(
             "job %s created: template %s on cluster %s", job.job_id, job.template, cluster_name
         )
         return job
+
+    async def _check_owner_limits(self, owner: str) -> None:
+        if self.submits.take(owner):
+            raise LimitExceeded(
+                f"more than {self.settings.submits_per_minute} submits a minute for this key"
+            )
+        unfinished = await self.broker.active_jobs(owner_set(owner))
+        if len(unfinished) < self.settings.jobs_per_key:
+            return
+        # The set is pruned here, lazily: jobs that finished since leave it.
+        for job_id in unfinished:
+            record = await self.broker.get_job(job_id)
+            if record is None or record["state"] in TERMINAL_STATES:
+                await self.broker.remove_active(owner_set(owner), job_id)
+                del unfinished[job_id]
+        if len(unfinished) >= self.settings.jobs_per_key:
+            raise LimitExceeded(
+                f"this key has {len(unfinished)} unfinished jobs; the limit is "
+                f"{self.settings.jobs_per_key}"
+            )
+
+    def token_expired(self, record: dict[str, str], now: float) -> bool:
+        """A job token lasts until the job started plus its walltime plus a grace period.
+
+        Before the job starts it lasts for the queue grace period after creation.
+        """
+        started = record.get("started_at")
+        if started:
+            walltime = int(record.get("walltime") or 0)
+            return now > float(started) + walltime + self.settings.token_grace_seconds
+        return now > float(record["created"]) + self.settings.queue_grace_seconds
 
     async def publish(self, job_id: str, event_type: str, data: Any) -> PublishResult | None:
         """Publish an event of the relay's own; return None if the job already finished."""

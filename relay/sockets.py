@@ -10,7 +10,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from relay.broker.base import Subscription
-from relay.errors import BrokerUnavailable, TemplateError
+from relay.errors import BrokerUnavailable, LimitExceeded, TemplateError
 from relay.events import TERMINAL_CLOSE_CODES, CloseCode, Event, EventType, JobState
 from relay.jobs import JobService
 
@@ -32,8 +32,34 @@ def close_reason(text: str) -> str:
     return encoded.decode("utf-8", "ignore")
 
 
+async def authorize(
+    websocket: WebSocket, service: JobService, record: dict[str, str] | None = None
+) -> str | None:
+    """Return the client's key name, or refuse the handshake (HTTP 403) and return None.
+
+    With `record`, the key must also own that job.
+    """
+    origin = websocket.headers.get("origin")
+    owner = service.auth.client(websocket.headers, websocket.query_params)
+    if not service.auth.origin_allowed(origin, websocket.headers.get("host")):
+        problem = f"origin {origin!r} not allowed"
+    elif owner is None:
+        problem = "missing or invalid API key"
+    elif record is not None and record.get("owner") != owner:
+        problem = f"key {owner} does not own job {record.get('id')}"
+    else:
+        return owner
+    logger.info("websocket %s refused: %s", websocket.url.path, problem)
+    # Closing before accept makes the server answer the handshake with 403.
+    await websocket.close(code=1008)
+    return None
+
+
 async def submit_endpoint(websocket: WebSocket) -> None:
     service: JobService = websocket.app.state.jobs
+    owner = await authorize(websocket, service)
+    if owner is None:
+        return
     await websocket.accept()
     try:
         request = await _receive_submit(websocket)
@@ -44,8 +70,12 @@ async def submit_endpoint(websocket: WebSocket) -> None:
         return
     try:
         job = await service.create(
-            request.get("script"), request.get("args"), request.get("cluster")
+            request.get("script"), request.get("args"), request.get("cluster"), owner
         )
+    except LimitExceeded as error:
+        logger.info("submit by %s refused: %s", owner, error)
+        await _close(websocket, CloseCode.TOO_MANY, str(error))
+        return
     except TemplateError as error:
         logger.info("submit refused: %s", error)
         await _close(websocket, CloseCode.INVALID_REQUEST, str(error))
@@ -61,7 +91,7 @@ async def submit_endpoint(websocket: WebSocket) -> None:
         async with service.broker.subscribe(job.job_id, queue_size) as subscription:
             await service.publish(job.job_id, EventType.STARTING, {"script": job.template})
             service.submit_in_background(job)
-            await _serve(websocket, service, job.job_id, -1, subscription)
+            await _serve(websocket, service, job.job_id, -1, subscription, owner)
     except BrokerUnavailable as error:
         # NOTE: a job whose `starting` was stored before the broker failed stays unsubmitted.
         logger.warning("job %s: broker unavailable: %s", job.job_id, error)
@@ -72,6 +102,18 @@ async def attach_endpoint(websocket: WebSocket) -> None:
     service: JobService = websocket.app.state.jobs
     job_id = websocket.path_params["job_id"]
     raw_after = websocket.query_params.get("after", "-1")
+    try:
+        record = await service.broker.get_job(job_id)
+    except BrokerUnavailable as error:
+        logger.warning("job %s: attach failed, broker unavailable: %s", job_id, error)
+        await websocket.accept()
+        await _close(websocket, CloseCode.INTERNAL_ERROR, "broker unavailable, retry later")
+        return
+    # Another key's job is refused like a wrong key, and an unknown job only after a valid
+    # key, so job ids cannot be probed without one.
+    owner = await authorize(websocket, service, record if record else None)
+    if owner is None:
+        return
     await websocket.accept()
     try:
         after = int(raw_after)
@@ -80,25 +122,27 @@ async def attach_endpoint(websocket: WebSocket) -> None:
             websocket, CloseCode.INVALID_REQUEST, f"after must be an integer: {raw_after!r}"
         )
         return
+    if record is None:
+        await _close(websocket, CloseCode.UNKNOWN_JOB, f"unknown job {job_id}")
+        return
     try:
-        await _attach(websocket, service, job_id, after)
+        await _attach(websocket, service, record, after, owner)
     except BrokerUnavailable as error:
         logger.warning("job %s: attach failed, broker unavailable: %s", job_id, error)
         await _close(websocket, CloseCode.INTERNAL_ERROR, "broker unavailable, retry later")
 
 
-async def _attach(websocket: WebSocket, service: JobService, job_id: str, after: int) -> None:
-    record = await service.broker.get_job(job_id)
-    if record is None:
-        await _close(websocket, CloseCode.UNKNOWN_JOB, f"unknown job {job_id}")
-        return
+async def _attach(
+    websocket: WebSocket, service: JobService, record: dict[str, str], after: int, owner: str
+) -> None:
+    job_id = record["id"]
     last_seq = int(record.get("next_seq", "0")) - 1
     if record["state"] in FINAL_CLOSE_CODES and after >= last_seq:
         # The client has every event of a finished job, the terminal one included.
         await _close(websocket, FINAL_CLOSE_CODES[record["state"]], record["state"])
         return
     async with service.broker.subscribe(job_id, service.settings.subscriber_queue) as subscription:
-        await _serve(websocket, service, job_id, max(after, -1), subscription)
+        await _serve(websocket, service, job_id, max(after, -1), subscription, owner)
 
 
 async def _receive_submit(websocket: WebSocket) -> dict[str, Any]:
@@ -128,15 +172,30 @@ class Cursor:
 
 
 async def _serve(
-    websocket: WebSocket, service: JobService, job_id: str, after: int, subscription: Subscription
+    websocket: WebSocket,
+    service: JobService,
+    job_id: str,
+    after: int,
+    subscription: Subscription,
+    owner: str,
 ) -> None:
     """Stream events until the job ends, the client leaves or the relay shuts down."""
+    open_sockets = service.sockets_by_owner.get(owner, 0)
+    if open_sockets >= service.settings.sockets_per_key:
+        logger.info("job %s: socket refused, key %s has %d open", job_id, owner, open_sockets)
+        limit = service.settings.sockets_per_key
+        await _close(websocket, CloseCode.TOO_MANY, f"this key has {limit} open sockets")
+        return
     cursor = Cursor(after)
+    service.sockets_by_owner[owner] = open_sockets + 1
     service.socket_opened()
     try:
         await _serve_until_done(websocket, service, job_id, cursor, subscription)
     finally:
         service.socket_closed()
+        service.sockets_by_owner[owner] -= 1
+        if not service.sockets_by_owner[owner]:
+            del service.sockets_by_owner[owner]
 
 
 async def _serve_until_done(

@@ -37,6 +37,10 @@ def builtin_scripts_dir() -> Path:
     raise ConfigError(f"built-in templates not found next to {package}")
 
 
+WALLTIME = re.compile(r"^#PBS\s.*\bwalltime=(?:(\d+):)?(?:(\d+):)?(\d+)\b", re.MULTILINE)
+DEFAULT_WALLTIME_SECONDS = 86_400
+
+
 @dataclass(frozen=True)
 class Template:
     name: str
@@ -46,6 +50,18 @@ class Template:
     @property
     def text(self) -> str:
         return self.path.read_text(encoding="utf-8")
+
+    @property
+    def walltime_seconds(self) -> int:
+        """Return the walltime of the template's `#PBS -l walltime=` line, else one day."""
+        match = WALLTIME.search(self.text)
+        if match is None:
+            return DEFAULT_WALLTIME_SECONDS
+        hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        if match.group(2) is None and match.group(1) is not None:
+            # Two fields, MM:SS.
+            hours, minutes = 0, hours
+        return hours * 3600 + minutes * 60 + seconds
 
 
 class TemplateRegistry:

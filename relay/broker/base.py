@@ -142,10 +142,12 @@ class Broker(ABC):
 def record_to_public(record: dict[str, str]) -> dict[str, Any]:
     """Return the job record as clients see it: no token hash, typed numbers."""
     public: dict[str, Any] = {
-        key: value for key, value in record.items() if key not in {"token_hash", "next_seq"}
+        key: value
+        for key, value in record.items()
+        if key not in {"token_hash", "next_seq", "walltime"}
     }
     public["last_seq"] = int(record.get("next_seq", "0")) - 1
-    for key in ("created", "finished", "last_event_at"):
+    for key in ("created", "finished", "last_event_at", "started_at"):
         if key in public:
             public[key] = float(public[key])
     if "exit_status" in public:

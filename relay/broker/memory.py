@@ -82,6 +82,8 @@ class MemoryBroker(Broker):
             record["next_seq"] = str(seq + 1)
             record["last_event_at"] = now
             record["state"] = next_state(record["state"], new.type)
+            if new.type == EventType.STARTED and "started_at" not in record:
+                record["started_at"] = now
             if new.type == EventType.FATAL:
                 record["exit_status"] = _exit_status_of(new.body)
             if record["state"] in TERMINAL_STATES:

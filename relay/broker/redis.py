@@ -48,6 +48,7 @@ if terminal[state] then return {-2} end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'next_seq'))
 local accepted, duplicates, rejected = 0, 0, 0
 local exit_status = nil
+local started_at = nil
 local i = 6
 while i <= #ARGV do
   local event_id, event_type, body, kind, payload =
@@ -69,6 +70,7 @@ while i <= #ARGV do
     redis.call('PUBLISH', ARGV[2], seq .. ' ' .. event_type .. ' ' .. kind .. '\\n' .. frame)
     local change = transitions[event_type]
     if change and change[2][state] then state = change[1] end
+    if event_type == 'started' then started_at = ARGV[4] end
     if event_type == 'fatal' then
       local ok, decoded = pcall(cjson.decode, body)
       if ok and type(decoded.data) == 'table' and type(decoded.data.exit_status) == 'number' then
@@ -82,6 +84,7 @@ end
 if accepted > 0 then
   redis.call('HSET', KEYS[1], 'next_seq', seq, 'state', state, 'last_event_at', ARGV[4])
   if exit_status then redis.call('HSET', KEYS[1], 'exit_status', exit_status) end
+  if started_at then redis.call('HSETNX', KEYS[1], 'started_at', started_at) end
   if terminal[state] then
     redis.call('HSET', KEYS[1], 'finished', ARGV[4])
     for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[5]) end

@@ -1,0 +1,1 @@
+"""Helpers for the security tests (tests/test_security_*.py)."""
