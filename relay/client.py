@@ -59,6 +59,10 @@ class EventPrinter:
         elif kind == "chunk":
             size = len(envelope.get("payload", b""))
             self._line(f"[chunk] {size} bytes {envelope.get('mime')}")
+        elif kind == "starting":
+            self._line(
+                f"[starting] job {envelope.get('job')} {json.dumps(data, ensure_ascii=False)}"
+            )
         elif kind == "fatal" and isinstance(data, dict):
             status = data.get("exit_status")
             suffix = f" (exit status {status})" if status is not None else ""

@@ -77,7 +77,7 @@ class Settings:
     max_chunk_bytes: int = 4 * 1_048_576
     max_line_bytes: int = 65_536
     events_per_second: float = 200.0
-    jobs_per_key: int = 20
+    jobs_per_key: int = 100
     sockets_per_key: int = 50
     submits_per_minute: int = 60
 

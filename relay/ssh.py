@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import stat
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncssh
 
@@ -12,6 +14,8 @@ from relay.config import ClusterConfig
 from relay.errors import ConfigError, SubmitError
 
 logger = logging.getLogger(__name__)
+
+CHANNEL_OPEN_ATTEMPTS = 6
 
 
 class SSHConnection:
@@ -70,39 +74,73 @@ class SSHConnection:
 
     async def run(self, command: str) -> asyncssh.SSHCompletedProcess:
         """Run `command` in the login shell and return its result, whatever its exit status."""
-        connection = await self.connect()
-        async with self._channels:
-            try:
-                return await asyncio.wait_for(
-                    connection.run(command, check=False), self._cluster.command_timeout
-                )
-            except TimeoutError as error:
-                raise SubmitError(
-                    f"command timed out after {self._cluster.command_timeout:.0f}s on "
-                    f"{self.target}",
-                    command=command,
-                ) from error
-            except (OSError, asyncssh.Error) as error:
-                await self._forget(connection)
-                raise SubmitError(f"command failed on {self.target}: {error}") from error
+
+        async def attempt(connection: asyncssh.SSHClientConnection) -> Any:
+            return await asyncio.wait_for(
+                connection.run(command, check=False), self._cluster.command_timeout
+            )
+
+        try:
+            result: asyncssh.SSHCompletedProcess = await self._on_channel(attempt)
+        except TimeoutError as error:
+            raise SubmitError(
+                f"command timed out after {self._cluster.command_timeout:.0f}s on {self.target}",
+                command=command,
+            ) from error
+        except (OSError, asyncssh.Error) as error:
+            raise SubmitError(f"command failed on {self.target}: {error}") from error
+        return result
 
     async def write_file(self, folder: str, name: str, text: str) -> str:
         """Write `text` to `folder/name` over SFTP; the folder is created with mode 700."""
-        connection = await self.connect()
         path = f"{folder}/{name}"
-        async with self._channels:
-            try:
-                async with connection.start_sftp_client() as sftp:
-                    await sftp.makedirs(folder, exist_ok=True)
-                    await sftp.chmod(folder, 0o700)
-                    async with sftp.open(path, "w", asyncssh.SFTPAttrs(permissions=0o600)) as f:
-                        await f.write(text)
-            except (OSError, asyncssh.Error) as error:
-                await self._forget(connection)
-                raise SubmitError(
-                    f"writing {path} over SFTP to {self.target} failed: {error}"
-                ) from error
+
+        async def attempt(connection: asyncssh.SSHClientConnection) -> None:
+            async with connection.start_sftp_client() as sftp:
+                await sftp.makedirs(folder, exist_ok=True)
+                await sftp.chmod(folder, 0o700)
+                async with sftp.open(path, "w", asyncssh.SFTPAttrs(permissions=0o600)) as file:
+                    await file.write(text)
+
+        try:
+            await self._on_channel(attempt)
+        except (OSError, asyncssh.Error) as error:
+            raise SubmitError(
+                f"writing {path} over SFTP to {self.target} failed: {error}"
+            ) from error
         return path
+
+    async def _on_channel(
+        self, action: Callable[[asyncssh.SSHClientConnection], Awaitable[Any]]
+    ) -> Any:
+        """Run `action` on the connection, under the channel limit.
+
+        A refused channel open is retried: sshd counts a channel until its close completes,
+        which can lag behind our side of the close, and a site may allow fewer channels
+        than `max_channels`. Nothing ran on a refused channel, so the retry is safe.
+        """
+        delay = 0.1
+        for attempt in range(1, CHANNEL_OPEN_ATTEMPTS + 1):
+            connection = await self.connect()
+            async with self._channels:
+                try:
+                    return await action(connection)
+                except asyncssh.ChannelOpenError as error:
+                    if attempt == CHANNEL_OPEN_ATTEMPTS:
+                        raise
+                    logger.warning(
+                        "cluster %s: channel open refused (%s); retry %d in %.1fs",
+                        self._cluster.name,
+                        error.reason,
+                        attempt,
+                        delay,
+                    )
+                except (OSError, asyncssh.Error):
+                    await self._forget(connection)
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("the loop returns or raises")
 
     async def _forget(self, connection: asyncssh.SSHClientConnection) -> None:
         # A dead connection is dropped so the next command opens a new one.

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.job_checks import assert_fatal
+from tests.job_checks import assert_complete, assert_fatal
 from tests.relay_process import RelayProcess, collect, submit_frame
 
 
@@ -88,3 +88,20 @@ def test_key_readable_by_others_is_refused(
     stream = submit(server)
     data = assert_fatal(stream, None)
     assert "chmod 600" in str(data["message"])
+
+
+def test_thirty_jobs_at_once_share_one_connection(relay_with: Any) -> None:
+    """sshd allows 10 channels a connection; the relay keeps its own count under that."""
+    server = relay_with()
+
+    async def many() -> list[Any]:
+        frames = [submit_frame("hello", steps=1, delay_ms=0) for _ in range(30)]
+        url = f"{server.ws_url}/ws/jobs"
+        return await asyncio.gather(*(collect(url, frame, seconds=120) for frame in frames))
+
+    streams = asyncio.run(many())
+    for stream in streams:
+        assert_complete(stream)
+    scheduler_ids = {stream.of_type("queued")[0]["data"]["scheduler_id"] for stream in streams}
+    assert len(scheduler_ids) == 30
+    assert server.log_path.read_text().count("connected to") == 1

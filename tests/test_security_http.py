@@ -37,7 +37,9 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
 @pytest.fixture(scope="module")
 def alice_job(relay: RelayProcess) -> str:
     """The id of a finished echo job of alice."""
-    stream = collect_with(f"{relay.ws_url}/ws/jobs", submit_frame("echo", owner="alice"), ALICE.headers)
+    stream = collect_with(
+        f"{relay.ws_url}/ws/jobs", submit_frame("echo", owner="alice"), ALICE.headers
+    )
     assert_complete(stream)
     return stream.job_id
 

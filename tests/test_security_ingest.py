@@ -207,7 +207,10 @@ def test_ingest_malformed_body_400(relay: RelayProcess, tmp_path: Path) -> None:
         "truncated JSON": (b'{"type": "log", "data": ', "application/json"),
         "invalid UTF-8": (b'{"type": "log", "data": "MARK-\xff\xfe"}', "application/json"),
         "overlong UTF-8": (b'{"type": "log", "data": "MARK-\xc0\xaf"}', "application/json"),
-        "UTF-16 surrogate bytes": (b'{"type": "log", "data": "MARK-\xed\xa0\x80"}', "application/json"),
+        "UTF-16 surrogate bytes": (
+            b'{"type": "log", "data": "MARK-\xed\xa0\x80"}',
+            "application/json",
+        ),
         "NaN": (b'{"type": "progress", "data": {"percent": NaN}}', "application/json"),
         "Infinity": (b'{"type": "progress", "data": {"percent": Infinity}}', "application/json"),
         "trailing garbage": (b'{"type": "log", "data": "MARK-a"} x', "application/json"),
@@ -229,6 +232,26 @@ def test_ingest_malformed_body_400(relay: RelayProcess, tmp_path: Path) -> None:
         name: 400 for name in cases
     }
     assert_delivered_in_order(stream, ["before", "after"])
+
+
+def test_ingest_deep_nesting_refused(relay: RelayProcess, tmp_path: Path) -> None:
+    """JSON nested deeper than Python's recursion limit is refused, not a 500 or a crash.
+
+    A `result` may carry any JSON, so 400, 413 and 422 are all fitting answers.
+    """
+    depth = MAX_BODY // 3
+    nested = b'{"type": "result", "data": ' + b"[" * depth + b"]" * depth + b"}"
+    with held_job(relay, ALICE, tmp_path) as job:
+        post_events(relay, job.job_id, job.token, event_body("log", "before", 35_001))
+        as_json = post_events(relay, job.job_id, job.token, nested)
+        as_ndjson = post_events(relay, job.job_id, job.token, nested, "application/x-ndjson")
+        post_events(relay, job.job_id, job.token, event_body("log", "after", 35_002))
+        stream = job.release()
+
+    assert as_json.status in (400, 413, 422), as_json.body
+    assert as_ndjson.status in (400, 413, 422), as_ndjson.body
+    assert_delivered_in_order(stream, ["before", "after"])
+    assert not stream.of_type("result")
 
 
 def test_ingest_unsupported_content_type_415(relay: RelayProcess, tmp_path: Path) -> None:
@@ -409,7 +432,7 @@ def test_ingest_rate_limit_429(tmp_path: Path) -> None:
             time.sleep(burst / rate)  # a full bucket again
             array = [{"type": "log", "data": f"batch {n}"} for n in range(3 * burst)]
             batch = post_events(server, job.job_id, job.token, json.dumps(array).encode())
-            time.sleep(burst / rate)
+            time.sleep(0.5)
             final = post_events(server, job.job_id, job.token, event_body("log", "final"))
             stream = job.release()
             other.release()

@@ -91,7 +91,9 @@ def test_key_command_prints_working_key(tmp_path: Path) -> None:
         assert digest, output
         assert re.search(r'name\s*=\s*"alice"', output), output
         words = set(re.split(r"[\s\"'{},=]+", output))
-        matching = [word for word in words if hashlib.sha256(word.encode()).hexdigest() == digest[1]]
+        matching = [
+            word for word in words if hashlib.sha256(word.encode()).hexdigest() == digest[1]
+        ]
         assert len(matching) == 1, output
         keys.append(matching[0])
     # 22 characters of base64url (or 32 of hex) carry 128 bits.

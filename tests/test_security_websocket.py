@@ -43,7 +43,9 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
 @pytest.fixture(scope="module")
 def alice_job(relay: RelayProcess) -> str:
     """The id of a finished echo job of alice."""
-    stream = collect_with(f"{relay.ws_url}/ws/jobs", submit_frame("echo", owner="alice"), ALICE.headers)
+    stream = collect_with(
+        f"{relay.ws_url}/ws/jobs", submit_frame("echo", owner="alice"), ALICE.headers
+    )
     assert_complete(stream)
     return stream.job_id
 
@@ -149,4 +151,3 @@ def test_submit_allowed_origin_completes(relay: RelayProcess) -> None:
 
 def test_allowed_origin_without_key_refused(relay: RelayProcess) -> None:
     assert handshake_status(f"{relay.ws_url}/ws/jobs", origin=ALLOWED_ORIGIN) == 403
-

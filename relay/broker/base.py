@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
@@ -150,6 +151,8 @@ def record_to_public(record: dict[str, str]) -> dict[str, Any]:
     for key in ("created", "finished", "last_event_at", "started_at"):
         if key in public:
             public[key] = float(public[key])
+    if "args" in public:
+        public["args"] = json.loads(public["args"])
     if "exit_status" in public:
         public["exit_status"] = int(public["exit_status"]) if public["exit_status"] else None
     return public

@@ -45,7 +45,9 @@ def http_request(
     try:
         chunked = body is not None and not isinstance(body, bytes)
         try:
-            connection.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+            connection.request(
+                method, path, body=body, headers=headers or {}, encode_chunked=chunked
+            )
         except (BrokenPipeError, ConnectionResetError):
             # The relay may respond (413) and close before it has read the whole body.
             pass
@@ -165,7 +167,11 @@ class BackgroundStream:
         self._thread.start()
 
     def _run(
-        self, url: str, submit: dict[str, Any] | None, headers: dict[str, str] | None, seconds: float
+        self,
+        url: str,
+        submit: dict[str, Any] | None,
+        headers: dict[str, str] | None,
+        seconds: float,
     ) -> None:
         try:
             asyncio.run(stream_into(self.stream, url, submit, headers, None, seconds))
