@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from relay.broker.base import Broker, record_to_public
@@ -124,6 +124,24 @@ async def cancel_job(request: Request) -> Response:
     return JSONResponse({"cancelled": job_id}, status_code=202)
 
 
+async def list_templates(request: Request) -> Response:
+    """Return the templates this relay runs, each with its argument schema."""
+    service: JobService = request.app.state.jobs
+    if service.auth.client(request.headers, request.query_params) is None:
+        return _error(401, "missing or invalid API key", **{"WWW-Authenticate": "Bearer"})
+    templates = [
+        {"name": template.name, "schema": template.schema}
+        for template in sorted(service.templates.templates.values(), key=lambda t: t.name)
+    ]
+    return JSONResponse({"templates": templates, "clusters": sorted(service.schedulers)})
+
+
+async def metrics(request: Request) -> Response:
+    service: JobService = request.app.state.jobs
+    gauges = {"relay_open_sockets": ("Websockets streaming a job.", float(service.open_sockets))}
+    return PlainTextResponse(service.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -171,6 +189,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/jobs/{job_id}", cancel_job, methods=["DELETE"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/templates", list_templates),
         ],
         lifespan=lifespan,
         middleware=[

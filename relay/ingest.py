@@ -22,6 +22,8 @@ JSON_TYPES = {"application/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl"}
 BINARY_TYPES = {"application/octet-stream"}
 MAX_EVENTS_PER_REQUEST = 1000
+# Deeper data would only exhaust the recursion of every client that decodes it.
+MAX_DEPTH = 64
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -52,6 +54,13 @@ def _unauthorized() -> JSONResponse:
 
 async def ingest_events(request: Request) -> JSONResponse:
     service: JobService = request.app.state.jobs
+    response = await _ingest(request, service)
+    if response.status_code != 202:
+        service.metrics.add("relay_ingest_refused_total")
+    return response
+
+
+async def _ingest(request: Request, service: JobService) -> JSONResponse:
     job_id = request.path_params["job_id"]
 
     # A missing, wrong or expired token and an unknown job all get the same answer, so it
@@ -107,6 +116,8 @@ async def ingest_events(request: Request) -> JSONResponse:
         return _error(503, "broker unavailable, retry later")
     except KeyError:
         return _error(401, "invalid token for this job")
+    service.metrics.add("relay_events_ingested_total", result.accepted)
+    service.metrics.add("relay_events_duplicate_total", result.duplicates)
     if result.duplicates or result.rejected:
         logger.info(
             "job %s: %d duplicate and %d late events not delivered",
@@ -170,11 +181,30 @@ def _parse_events(
 
 def _decode_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as error:
         raise MalformedBody(f"body is not valid UTF-8: {error}") from error
     except ValueError as error:
         raise MalformedBody(f"body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise MalformedBody("body is nested too deeply to parse") from error
+    if _too_deep(value):
+        raise InvalidEvent(f"event data is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _too_deep(value: Any) -> bool:
+    """Return True if `value` nests deeper than MAX_DEPTH, checked without recursion."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _reject_constant(name: str) -> Any:

@@ -27,6 +27,7 @@ from relay.errors import (
 )
 from relay.events import EventType, new_event
 from relay.limits import BucketMap
+from relay.metrics import Metrics
 from relay.scheduler.base import JobSubmission, Scheduler
 from relay.templates import TemplateRegistry, encode_args
 
@@ -76,6 +77,7 @@ class JobService:
         self.submits = BucketMap(settings.submits_per_minute / 60, settings.submits_per_minute)
         self.ingest_rate = BucketMap(settings.events_per_second, 2 * settings.events_per_second)
         self.sockets_by_owner: dict[str, int] = {}
+        self.metrics = Metrics()
         self.shutting_down = asyncio.Event()
         """Set when the relay stops: open sockets close with 1001 so clients resume elsewhere."""
         self.open_sockets = 0
@@ -192,18 +194,21 @@ class JobService:
         except RelayError as error:
             status = error.exit_status if isinstance(error, SubmitError) else None
             logger.warning("job %s: submission to %s failed: %s", job.job_id, job.cluster, error)
+            self.metrics.add("relay_submit_failures_total")
             await self._publish_quietly(
                 job.job_id, EventType.FATAL, {"message": str(error), "exit_status": status}
             )
             return
         except Exception as error:
             logger.exception("job %s: submission to %s crashed", job.job_id, job.cluster)
+            self.metrics.add("relay_submit_failures_total")
             await self._publish_quietly(
                 job.job_id,
                 EventType.FATAL,
                 {"message": f"internal error while submitting: {error!r}", "exit_status": None},
             )
             return
+        self.metrics.add("relay_jobs_submitted_total")
         try:
             await self.broker.update_job(job.job_id, {"scheduler_id": scheduler_id})
             if self.settings.clusters[job.cluster].scheduler == "pbs":

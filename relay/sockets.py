@@ -228,6 +228,7 @@ async def _serve_until_done(
             logger.error("job %s: streaming failed", job_id, exc_info=error)
             await _close(websocket, CloseCode.INTERNAL_ERROR, "internal error")
     elif overflow in done:
+        service.metrics.add("relay_slow_clients_total")
         logger.warning("job %s: client too slow, closing after seq %d", job_id, cursor.last)
         await _close(websocket, CloseCode.TOO_SLOW, f"too slow; resume with after={cursor.last}")
     elif stopping in done:

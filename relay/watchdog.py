@@ -131,4 +131,5 @@ class Watchdog:
         except BrokerUnavailable as error:
             logger.warning("job %s: fatal not published, broker unavailable: %s", job_id, error)
             return
+        self.service.metrics.add("relay_watchdog_fatals_total")
         await broker.remove_active(cluster.name, job_id)

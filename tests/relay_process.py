@@ -125,17 +125,22 @@ async def collect(url: str, submit: dict[str, Any] | None = None, seconds: float
         async with connect(url, max_size=None) as websocket:
             if submit is not None:
                 await websocket.send(json.dumps(submit))
-            try:
-                async for message in websocket:
-                    if isinstance(message, bytes):
-                        stream.events.append(decode_binary_frame(message))
-                    else:
-                        stream.events.append(json.loads(message))
-            except ConnectionClosed:
-                pass
-            stream.close_code = websocket.close_code
-            stream.close_reason = websocket.close_reason or ""
+            await read_to_close(websocket, stream)
     return stream
+
+
+async def read_to_close(websocket: Any, stream: Stream) -> None:
+    """Append every further event to `stream`, then record how the socket closed."""
+    try:
+        async for message in websocket:
+            if isinstance(message, bytes):
+                stream.events.append(decode_binary_frame(message))
+            else:
+                stream.events.append(json.loads(message))
+    except ConnectionClosed:
+        pass
+    stream.close_code = websocket.close_code
+    stream.close_reason = websocket.close_reason or ""
 
 
 def submit_frame(script: str, **args: Any) -> dict[str, Any]:

@@ -13,11 +13,17 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from tests.job_checks import assert_complete
 from tests.raw_websocket import RawWebSocket
-from tests.relay_process import TEST_SCRIPTS, RelayProcess, Stream, collect, submit_frame
+from tests.relay_process import (
+    TEST_SCRIPTS,
+    RelayProcess,
+    Stream,
+    collect,
+    read_to_close,
+    submit_frame,
+)
 
 
 def start_relay(tmp_path: Path, config: str = "", *extra: str) -> RelayProcess:
@@ -69,13 +75,7 @@ def test_shutdown_closes_sockets_1001(tmp_path: Path) -> None:
             await websocket.send(json.dumps(submit_frame("sleepy", seconds=30)))
             await read_until(websocket, stream, 5)
             server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            try:
-                async for message in websocket:
-                    stream.events.append(json.loads(message))
-            except ConnectionClosed:
-                pass
-            stream.close_code = websocket.close_code
-            stream.close_reason = websocket.close_reason or ""
+            await read_to_close(websocket, stream)
         return stream
 
     try:
@@ -135,12 +135,7 @@ def test_delete_cancels_running_job(relay: RelayProcess) -> None:
             await read_until(websocket, stream, 4)
             status, body = await asyncio.to_thread(delete, f"{relay.http_url}/jobs/{stream.job_id}")
             assert status == 202, body
-            try:
-                async for message in websocket:
-                    stream.events.append(json.loads(message))
-            except ConnectionClosed:
-                pass
-            stream.close_code = websocket.close_code
+            await read_to_close(websocket, stream)
         return stream
 
     stream = asyncio.run(scenario())
@@ -161,12 +156,7 @@ def test_cancel_frame_cancels_job(relay: RelayProcess) -> None:
             await websocket.send(json.dumps(submit_frame("sleepy", seconds=30)))
             await read_until(websocket, stream, 4)
             await websocket.send(json.dumps({"type": "cancel"}))
-            try:
-                async for message in websocket:
-                    stream.events.append(json.loads(message))
-            except ConnectionClosed:
-                pass
-            stream.close_code = websocket.close_code
+            await read_to_close(websocket, stream)
         return stream
 
     stream = asyncio.run(scenario())
@@ -189,15 +179,34 @@ def test_killed_job_reported_fatal(relay: RelayProcess) -> None:
             import os
 
             os.killpg(pid, signal.SIGKILL)
-            try:
-                async for message in websocket:
-                    stream.events.append(json.loads(message))
-            except ConnectionClosed:
-                pass
-            stream.close_code = websocket.close_code
+            await read_to_close(websocket, stream)
         return stream
 
     stream = asyncio.run(scenario())
     assert stream.types[-1] == "fatal"
     assert stream.events[-1]["data"]["exit_status"] == 137
     assert stream.close_code == 4000
+
+
+def test_metrics_count_jobs_and_events(relay: RelayProcess) -> None:
+    stream = asyncio.run(collect(f"{relay.ws_url}/ws/jobs", submit_frame("hello", steps=2)))
+    assert_complete(stream)
+    with urllib.request.urlopen(f"{relay.http_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = dict(
+        line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert values["relay_jobs_submitted_total"] == "1"
+    # started, two progress, two log and complete came from the job.
+    assert values["relay_events_ingested_total"] == "6"
+    assert values["relay_open_sockets"] == "0"
+
+
+def test_templates_route_lists_schemas(relay: RelayProcess) -> None:
+    status, body = relay.get_json("/templates")
+    assert status == 200
+    names = [template["name"] for template in body["templates"]]
+    assert {"hello", "fetch_and_count", "token_stream", "echo"} <= set(names)
+    hello = next(t for t in body["templates"] if t["name"] == "hello")
+    assert hello["schema"]["properties"]["steps"]["maximum"] == 20
+    assert body["clusters"] == ["local"]

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from tests.relay_process import TEST_SCRIPTS, RelayProcess, Stream, submit_frame
+from tests.relay_process import TEST_SCRIPTS, RelayProcess, Stream, read_to_close, submit_frame
 from tests.test_pbs_submit import write_config
 
 FAST_WATCHDOG = {"poll_interval": 2, "min_poll_interval": 1, "finish_grace": 1}
@@ -51,13 +50,7 @@ async def watch_until_started(url: str, action: Any, seconds: float = 120) -> St
             while "log" not in stream.types:
                 stream.events.append(json.loads(await websocket.recv()))
             await asyncio.to_thread(action, stream)
-            try:
-                async for message in websocket:
-                    stream.events.append(json.loads(message))
-            except ConnectionClosed:
-                pass
-            stream.close_code = websocket.close_code
-            stream.close_reason = websocket.close_reason or ""
+            await read_to_close(websocket, stream)
     return stream
 
 
