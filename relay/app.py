@@ -27,6 +27,7 @@ from relay.scheduler.pbs import PBSScheduler
 from relay.sockets import attach_endpoint, submit_endpoint
 from relay.templates import TemplateRegistry, builtin_scripts_dir
 from relay.watchdog import Watchdog
+from relay.web import WEB_ROUTES
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/templates", list_templates),
+            *WEB_ROUTES,
         ],
         lifespan=lifespan,
         middleware=[

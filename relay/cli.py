@@ -93,6 +93,7 @@ def _serve(options: argparse.Namespace) -> int:
 
     from relay.app import create_app
     from relay.config import load_settings
+    from relay.logs import redact_access_tokens
     from relay.server import RelayServer
 
     logging.basicConfig(
@@ -130,6 +131,7 @@ def _serve(options: argparse.Namespace) -> int:
         ws_max_size=1_048_576,
         timeout_graceful_shutdown=10,
     )
+    redact_access_tokens()
     RelayServer(config, app.state.jobs).run()
     return 0
 

@@ -181,11 +181,10 @@ class JobService:
         submission = JobSubmission(
             job_id=job.job_id,
             template=job.template,
-            script=self.templates.compose(template),
+            script=self.templates.compose(template, job.token),
             environment={
                 "RELAY_URL": self.settings.cluster_url(cluster),
                 "RELAY_JOB_ID": job.job_id,
-                "RELAY_TOKEN": job.token,
                 "RELAY_ARGS": encode_args(job.args),
             },
         )

@@ -109,8 +109,8 @@ class TemplateRegistry:
             raise TemplateError(f"{prefix} for {template.name}: {error.message}")
         return _with_defaults(template.schema, args)
 
-    def compose(self, template: Template) -> str:
-        return compose_script(template.text, self.helper)
+    def compose(self, template: Template, token: str) -> str:
+        return compose_script(template.text, self.helper, token)
 
 
 def _load_template(path: Path) -> Template:
@@ -136,8 +136,15 @@ def _with_defaults(schema: dict[str, Any], args: dict[str, Any]) -> dict[str, An
     return filled
 
 
-def compose_script(template: str, helper: str) -> str:
-    """Return the job script: shebang, the template's header block, the helper, the body."""
+def compose_script(template: str, helper: str, token: str) -> str:
+    """Return the job script: shebang, the template's header, the job token, helper, body.
+
+    The token is written into the script, which only its owner and the scheduler can
+    read, rather than passed with `qsub -v`: `qstat -f` shows the -v list to other users
+    at many sites, and Slurm's Torque wrapper puts it on sbatch's command line.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", token):
+        raise ValueError("job token must be base64url")
     lines = template.splitlines(keepends=True)
     if lines and lines[0].startswith("#!"):
         lines = lines[1:]
@@ -151,7 +158,13 @@ def compose_script(template: str, helper: str) -> str:
     helper_lines = helper.splitlines(keepends=True)
     if helper_lines and helper_lines[0].startswith("#!"):
         helper_lines = helper_lines[1:]
-    parts = ["#!/bin/bash\n", *header, "\n# ---- job-side helper (relay.sh) ----\n", *helper_lines]
+    parts = [
+        "#!/bin/bash\n",
+        *header,
+        f"\nexport RELAY_TOKEN={token}\n",
+        "\n# ---- job-side helper (relay.sh) ----\n",
+        *helper_lines,
+    ]
     if parts[-1] and not parts[-1].endswith("\n"):
         parts.append("\n")
     parts += ["# ---- template body ----\n", *body]

@@ -139,6 +139,25 @@ def test_cors_header_names_allowed_origin(relay: RelayProcess, alice_job: str) -
     assert response.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
 
 
+@pytest.mark.parametrize(
+    "origin,expected",
+    [(EVIL_ORIGIN, None), (ALLOWED_ORIGIN, ALLOWED_ORIGIN)],
+    ids=["evil", "allowed"],
+)
+def test_cors_preflight_follows_allowlist(
+    relay: RelayProcess, alice_job: str, origin: str, expected: str | None
+) -> None:
+    """A browser asks with OPTIONS before a DELETE or a request with Authorization."""
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "DELETE",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    response = job_request(relay, "OPTIONS", alice_job, headers=headers)
+    allowed = response.headers.get("access-control-allow-origin")
+    assert allowed == expected, (response.status, response.headers)
+
+
 def test_cors_header_never_wildcard(relay: RelayProcess, alice_job: str) -> None:
     """A `*` would let any page read the responses of a browser that holds a key."""
     for origin in (None, ALLOWED_ORIGIN, EVIL_ORIGIN):

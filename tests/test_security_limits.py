@@ -43,7 +43,7 @@ def submit_many(server: RelayProcess, key: ApiKey, count: int) -> list[Stream]:
     return asyncio.run(all_at_once())
 
 
-def assert_refused_4429(stream: Stream) -> None:
+def assert_rejected_4429(stream: Stream) -> None:
     assert stream.close_code == 4429, (stream.close_code, stream.close_reason)
     assert stream.events == []
 
@@ -62,12 +62,12 @@ def test_submits_per_minute_excess_4429(tmp_path: Path) -> None:
     assert codes == [1000] * limit + [4429] * 3, server.log()
     for stream in flood:
         if stream.close_code == 4429:
-            assert_refused_4429(stream)
+            assert_rejected_4429(stream)
         else:
             assert_complete(stream)
     assert_complete(other)
     assert other.events[-1]["data"] == {"who": "bob"}
-    assert_refused_4429(again)
+    assert_rejected_4429(again)
 
 
 def test_jobs_per_key_excess_4429(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_jobs_per_key_excess_4429(tmp_path: Path) -> None:
     finally:
         server.stop()
 
-    assert_refused_4429(excess)
+    assert_rejected_4429(excess)
     assert_complete(other)
     assert_complete(after_release)
 
@@ -109,10 +109,40 @@ def test_sockets_per_key_excess_4429(tmp_path: Path) -> None:
     finally:
         server.stop()
 
-    assert_refused_4429(excess_attach)
-    assert_refused_4429(excess_submit)
+    assert_rejected_4429(excess_attach)
+    assert_rejected_4429(excess_submit)
     assert_complete(other)
     assert_complete(stream)
     for watcher in watchers:
         assert watcher.stream.close_code == 1000
     assert_complete(after_release)
+
+
+def test_jobs_per_key_default_20(tmp_path: Path) -> None:
+    """With no [limits] table, the 21st unfinished job of a key is refused.
+
+    The spec's config example gives jobs_per_key = 20, and its other values there are the
+    defaults, so this test reads 20 as the default too.
+    """
+    server = start_relay(tmp_path, auth_config([ALICE, BOB], default_limits=True))
+    release_files = [tmp_path / f"release-{n}" for n in range(20)]
+    holders = []
+    try:
+        for release_file in release_files:
+            frame = submit_frame("hold", release_file=str(release_file), seconds=60)
+            holders.append(BackgroundStream(f"{server.ws_url}/ws/jobs", frame, ALICE.headers))
+        for holder in holders:
+            holder.wait_for(lambda stream: bool(stream.events), 30)
+        excess = submit_echo(server, ALICE, n="excess")
+        other = submit_echo(server, BOB, who="bob")
+    finally:
+        for release_file in release_files:
+            release_file.touch()
+        for holder in holders:
+            holder.wait(30)
+        server.stop()
+
+    assert_rejected_4429(excess)
+    assert_complete(other)
+    for holder in holders:
+        assert_complete(holder.stream)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.job_checks import assert_complete
-from tests.relay_process import RelayProcess, submit_frame
-from tests.security.client import collect_with, handshake_status
+from tests.relay_process import TEST_SCRIPTS, RelayProcess, submit_frame
+from tests.security.client import collect_with, handshake_status, raw_handshake_status
 from tests.security.relay_setup import (
     ALLOWED_ORIGIN,
     EVIL_ORIGIN,
@@ -50,7 +50,7 @@ def alice_job(relay: RelayProcess) -> str:
     return stream.job_id
 
 
-def test_submit_without_key_refused(relay: RelayProcess) -> None:
+def test_submit_without_key_rejected(relay: RelayProcess) -> None:
     assert handshake_status(f"{relay.ws_url}/ws/jobs") == 403
 
 
@@ -79,13 +79,17 @@ def test_submit_without_key_refused(relay: RelayProcess) -> None:
         "key-name",
     ],
 )
-def test_submit_invalid_key_refused(relay: RelayProcess, authorization: str) -> None:
+def test_submit_invalid_key_rejected(relay: RelayProcess, authorization: str) -> None:
     status = handshake_status(f"{relay.ws_url}/ws/jobs", {"Authorization": authorization})
     assert status == 403
 
 
-@pytest.mark.parametrize("token", ["", "wrong-key", ALICE.sha256, ALICE.secret[:-1]])
-def test_submit_invalid_query_key_refused(relay: RelayProcess, token: str) -> None:
+@pytest.mark.parametrize(
+    "token",
+    ["", "wrong-key", ALICE.sha256, ALICE.secret[:-1]],
+    ids=["empty", "wrong", "sha256-as-key", "prefix"],
+)
+def test_submit_invalid_query_key_rejected(relay: RelayProcess, token: str) -> None:
     assert handshake_status(f"{relay.ws_url}/ws/jobs?access_token={token}") == 403
 
 
@@ -109,34 +113,34 @@ def test_attach_own_job_replays(relay: RelayProcess, alice_job: str) -> None:
     assert stream.close_code == 1000
 
 
-def test_attach_other_keys_job_refused(relay: RelayProcess, alice_job: str) -> None:
+def test_attach_other_keys_job_rejected(relay: RelayProcess, alice_job: str) -> None:
     url = f"{relay.ws_url}/ws/jobs/{alice_job}"
     assert handshake_status(url, BOB.headers) == 403
     assert handshake_status(f"{url}?access_token={BOB.secret}") == 403
 
 
-def test_attach_without_key_refused(relay: RelayProcess, alice_job: str) -> None:
+def test_attach_without_key_rejected(relay: RelayProcess, alice_job: str) -> None:
     assert handshake_status(f"{relay.ws_url}/ws/jobs/{alice_job}") == 403
     assert handshake_status(f"{relay.ws_url}/ws/jobs/{alice_job}?after=-1") == 403
 
 
-def test_attach_wrong_key_refused(relay: RelayProcess, alice_job: str) -> None:
+def test_attach_wrong_key_rejected(relay: RelayProcess, alice_job: str) -> None:
     headers = {"Authorization": "Bearer wrong-key"}
     assert handshake_status(f"{relay.ws_url}/ws/jobs/{alice_job}", headers) == 403
 
 
 @pytest.mark.parametrize("origin", DISALLOWED_ORIGINS)
-def test_submit_disallowed_origin_refused(relay: RelayProcess, origin: str) -> None:
+def test_submit_disallowed_origin_rejected(relay: RelayProcess, origin: str) -> None:
     status = handshake_status(f"{relay.ws_url}/ws/jobs", ALICE.headers, origin=origin)
     assert status == 403
 
 
-def test_submit_disallowed_origin_with_query_key_refused(relay: RelayProcess) -> None:
+def test_query_key_disallowed_origin_rejected(relay: RelayProcess) -> None:
     url = f"{relay.ws_url}/ws/jobs?access_token={ALICE.secret}"
     assert handshake_status(url, origin=EVIL_ORIGIN) == 403
 
 
-def test_attach_disallowed_origin_refused(relay: RelayProcess, alice_job: str) -> None:
+def test_attach_disallowed_origin_rejected(relay: RelayProcess, alice_job: str) -> None:
     url = f"{relay.ws_url}/ws/jobs/{alice_job}?access_token={ALICE.secret}"
     assert handshake_status(url, origin=EVIL_ORIGIN) == 403
 
@@ -149,5 +153,45 @@ def test_submit_allowed_origin_completes(relay: RelayProcess) -> None:
     assert stream.events[-1]["data"] == {"via": "browser"}
 
 
-def test_allowed_origin_without_key_refused(relay: RelayProcess) -> None:
+def test_allowed_origin_without_key_rejected(relay: RelayProcess) -> None:
     assert handshake_status(f"{relay.ws_url}/ws/jobs", origin=ALLOWED_ORIGIN) == 403
+
+
+@pytest.fixture(scope="module")
+def open_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """A relay on 127.0.0.1 with no API keys, as on a developer's machine."""
+    server = RelayProcess(tmp_path_factory.mktemp("open"), "--scripts", str(TEST_SCRIPTS))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_open_relay_foreign_origin_rejected(open_relay: RelayProcess) -> None:
+    """Without keys, a page on another site must still not submit through a visitor's browser.
+
+    Browsers apply no same-origin policy to websockets, so without this check any web page
+    could run jobs through a relay on the visitor's loopback address. Beyond the letter of
+    the spec, which describes Origin checks with keys.
+    """
+    assert handshake_status(f"{open_relay.ws_url}/ws/jobs", origin=EVIL_ORIGIN) == 403
+    assert handshake_status(f"{open_relay.ws_url}/ws/jobs") == 101
+
+
+def test_open_relay_rebinding_origin_rejected(open_relay: RelayProcess) -> None:
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends matching Host and Origin.
+
+    Comparing Origin with the Host header would let it through. Beyond the letter of the
+    spec, like the test above.
+    """
+    host = f"rebind.evil.test:{open_relay.port}"
+    status = raw_handshake_status(
+        open_relay, "/ws/jobs", {"Host": host, "Origin": f"http://{host}"}
+    )
+    assert status == 403
+
+
+def test_rebinding_origin_with_key_rejected(relay: RelayProcess) -> None:
+    """With keys, a Host and Origin that match each other are still not an allowed origin."""
+    host = f"rebind.evil.test:{relay.port}"
+    headers = {"Host": host, "Origin": f"http://{host}", **ALICE.headers}
+    assert raw_handshake_status(relay, "/ws/jobs", headers) == 403

@@ -58,8 +58,19 @@ def scheduler_id(stream: Stream) -> str:
     return str(stream.of_type("queued")[0]["data"]["scheduler_id"])
 
 
-def test_sigkilled_job_reported_by_watchdog(relay_with: Any, test_cluster: Any) -> None:
-    server = relay_with()
+@pytest.mark.parametrize(
+    "timings",
+    [
+        pytest.param({}, id="regular-poll"),
+        # The regular poll is minutes away: only the silence of the killed job brings the
+        # check forward.
+        pytest.param({"poll_interval": 600, "heartbeat_timeout": 2}, id="silent-job"),
+    ],
+)
+def test_sigkilled_job_reported_by_watchdog(
+    relay_with: Any, test_cluster: Any, timings: dict[str, int]
+) -> None:
+    server = relay_with(**timings)
 
     def kill(stream: Stream) -> None:
         # SIGKILL to the batch shell only: its traps cannot run, so the job sends nothing.
@@ -70,7 +81,7 @@ def test_sigkilled_job_reported_by_watchdog(relay_with: Any, test_cluster: Any) 
             timeout=30,
         )
 
-    stream = asyncio.run(watch_until_started(f"{server.ws_url}/ws/jobs", kill))
+    stream = asyncio.run(watch_until_started(f"{server.ws_url}/ws/jobs", kill, seconds=60))
     assert stream.types[-1] == "fatal"
     assert stream.types.count("fatal") == 1
     data = stream.events[-1]["data"]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -147,6 +150,35 @@ def handshake_status(
             return int(error.response.status_code)
 
     return asyncio.run(attempt())
+
+
+def raw_handshake_status(server: RelayProcess, path: str, headers: dict[str, str]) -> int:
+    """Send a websocket handshake with exactly `headers` (Host included) and return its status.
+
+    Client libraries set Host from the URL; a DNS rebinding attack sends another one.
+    """
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        *(f"{name}: {value}" for name, value in headers.items()),
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n" not in head and len(head) < 4096:
+            data = sock.recv(4096)
+            if not data:
+                break
+            head += data
+    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ConnectionError(f"no HTTP status line in the response: {head[:200]!r}")
+    return int(parts[1])
 
 
 class BackgroundStream:

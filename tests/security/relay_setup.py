@@ -66,8 +66,13 @@ def auth_config(
     auth: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
+    default_limits: bool = False,
 ) -> str:
-    """Return the TOML text of [server], [auth] and [limits] for `keys`."""
+    """Return the TOML text of [server], [auth] and [limits] for `keys`.
+
+    [limits] contains GENEROUS_LIMITS updated with `limits`, or is left out with
+    `default_limits`, so that the relay's own defaults apply.
+    """
     entries = ", ".join(f'{{ name = "{key.name}", sha256 = "{key.sha256}" }}' for key in keys)
     text = ""
     if server:
@@ -75,7 +80,8 @@ def auth_config(
     text += f"[auth]\nkeys = [{entries}]\n"
     text += "".join(f"{key} = {_toml_value(value)}\n" for key, value in (auth or {}).items())
     text += f"origins = {_toml_value(list(origins))}\n"
-    text += _table("limits", {**GENEROUS_LIMITS, **(limits or {})})
+    if not default_limits:
+        text += _table("limits", {**GENEROUS_LIMITS, **(limits or {})})
     return text
 
 
