@@ -56,6 +56,15 @@ if ! _relay_dir=$(mktemp -d "${TMPDIR:-/tmp}/relay-job.XXXXXXXXXX"); then
     exit 2
 fi
 chmod 700 "$_relay_dir"
+# The arguments are read from a file, not the environment: Linux refuses to start any
+# program whose environment holds a string over 128 KiB, so large arguments stay a shell
+# variable and are exported only when small, for Python steps that read os.environ.
+printf '%s' "${RELAY_ARGS:-}" >|"$_relay_dir/args"
+if ((${#RELAY_ARGS} <= 65536)); then
+    export RELAY_ARGS
+else
+    export -n RELAY_ARGS
+fi
 _relay_main_pid=$BASHPID
 RELAY_SCRATCH=$_relay_dir/scratch
 mkdir -m 700 "$RELAY_SCRATCH"
@@ -489,7 +498,7 @@ def fail(message):
     sys.stderr.write("relay_" + sys.argv[1] + ": " + message + "\n")
     sys.exit(2)
 
-encoded = os.environ.get("RELAY_ARGS", "")
+encoded = sys.stdin.read().strip()
 try:
     padded = encoded + "=" * (-len(encoded) % 4)
     raw = base64.b64decode(padded, altchars=b"-_", validate=True) if encoded else b"{}"
@@ -518,7 +527,7 @@ relay_arg() {
         _relay_usage 'relay_arg NAME'
         return
     fi
-    python3 -I -c "$_relay_arguments_program" arg "$1"
+    python3 -I -c "$_relay_arguments_program" arg "$1" <"$_relay_dir/args"
 }
 
 relay_args() {
@@ -526,7 +535,7 @@ relay_args() {
         _relay_usage 'relay_args'
         return
     fi
-    python3 -I -c "$_relay_arguments_program" args
+    python3 -I -c "$_relay_arguments_program" args <"$_relay_dir/args"
 }
 
 _relay_json_escape "$HOSTNAME"

@@ -65,6 +65,24 @@ JOB_EVENT_TYPES = frozenset(
 )
 
 
+# Deeper JSON would only exhaust the recursion of clients that decode it.
+MAX_DEPTH = 64
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Return True if lists and objects in `value` nest deeper than `limit`, without recursion."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+    return False
+
+
 def is_terminal(event_type: str) -> bool:
     return event_type in TERMINAL_CLOSE_CODES
 

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from relay.errors import BrokerUnavailable, JobFinished
-from relay.events import JOB_EVENT_TYPES, EventType, NewEvent, new_event
+from relay.events import JOB_EVENT_TYPES, MAX_DEPTH, EventType, NewEvent, nesting_exceeds, new_event
 from relay.jobs import JobService, token_matches
 
 logger = logging.getLogger(__name__)
@@ -22,8 +22,6 @@ JSON_TYPES = {"application/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl"}
 BINARY_TYPES = {"application/octet-stream"}
 MAX_EVENTS_PER_REQUEST = 1000
-# Deeper data would only exhaust the recursion of every client that decodes it.
-MAX_DEPTH = 64
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -188,23 +186,9 @@ def _decode_json(raw: bytes) -> Any:
         raise MalformedBody(f"body is not valid JSON: {error}") from error
     except RecursionError as error:
         raise MalformedBody("body is nested too deeply to parse") from error
-    if _too_deep(value):
+    if nesting_exceeds(value, MAX_DEPTH):
         raise InvalidEvent(f"event data is nested deeper than {MAX_DEPTH} levels")
     return value
-
-
-def _too_deep(value: Any) -> bool:
-    """Return True if `value` nests deeper than MAX_DEPTH, checked without recursion."""
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > MAX_DEPTH:
-            return True
-        if isinstance(item, dict):
-            pending.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            pending.extend((child, depth + 1) for child in item)
-    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -227,7 +211,7 @@ def _json_event(item: Any, index: int, now: float) -> NewEvent:
     if unknown:
         raise InvalidEvent(f"{where}: unknown fields {', '.join(sorted(unknown))}")
     event_type = item.get("type")
-    if event_type not in JOB_EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in JOB_EVENT_TYPES:
         raise InvalidEvent(
             f"{where}: type {event_type!r} is not one a job may send; expected one of "
             f"{', '.join(sorted(JOB_EVENT_TYPES))}"

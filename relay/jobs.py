@@ -29,7 +29,7 @@ from relay.events import EventType, new_event
 from relay.limits import BucketMap
 from relay.metrics import Metrics
 from relay.scheduler.base import JobSubmission, Scheduler
-from relay.templates import TemplateRegistry, encode_args
+from relay.templates import TemplateRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class JobService:
         if len(unfinished) < self.settings.jobs_per_key:
             return
         # The set is pruned here, lazily: jobs that finished since leave it.
-        for job_id in unfinished:
+        for job_id in list(unfinished):
             record = await self.broker.get_job(job_id)
             if record is None or record["state"] in TERMINAL_STATES:
                 await self.broker.remove_active(owner_set(owner), job_id)
@@ -181,11 +181,10 @@ class JobService:
         submission = JobSubmission(
             job_id=job.job_id,
             template=job.template,
-            script=self.templates.compose(template, job.token),
+            script=self.templates.compose(template, job.token, job.args),
             environment={
                 "RELAY_URL": self.settings.cluster_url(cluster),
                 "RELAY_JOB_ID": job.job_id,
-                "RELAY_ARGS": encode_args(job.args),
             },
         )
         try:

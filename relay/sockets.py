@@ -11,7 +11,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from relay.broker.base import Subscription
 from relay.errors import BrokerUnavailable, LimitExceeded, TemplateError
-from relay.events import TERMINAL_CLOSE_CODES, CloseCode, Event, EventType, JobState
+from relay.events import (
+    MAX_DEPTH,
+    TERMINAL_CLOSE_CODES,
+    CloseCode,
+    Event,
+    EventType,
+    JobState,
+    nesting_exceeds,
+)
 from relay.jobs import JobService
 
 logger = logging.getLogger(__name__)
@@ -156,6 +164,10 @@ async def _receive_submit(websocket: WebSocket) -> dict[str, Any]:
         request = json.loads(text)
     except ValueError as error:
         raise ValueError(f"submit frame is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise ValueError("submit frame is nested too deeply") from error
+    if nesting_exceeds(request, MAX_DEPTH):
+        raise ValueError(f"submit frame nests deeper than {MAX_DEPTH} levels")
     if not isinstance(request, dict) or request.get("type") != "submit":
         raise ValueError('expected {"type": "submit", "script": ..., "args": {...}}')
     unknown = set(request) - {"type", "script", "args", "cluster"}

@@ -109,8 +109,8 @@ class TemplateRegistry:
             raise TemplateError(f"{prefix} for {template.name}: {error.message}")
         return _with_defaults(template.schema, args)
 
-    def compose(self, template: Template, token: str) -> str:
-        return compose_script(template.text, self.helper, token)
+    def compose(self, template: Template, token: str, args: dict[str, Any]) -> str:
+        return compose_script(template.text, self.helper, token, encode_args(args))
 
 
 def _load_template(path: Path) -> Template:
@@ -136,15 +136,18 @@ def _with_defaults(schema: dict[str, Any], args: dict[str, Any]) -> dict[str, An
     return filled
 
 
-def compose_script(template: str, helper: str, token: str) -> str:
-    """Return the job script: shebang, the template's header, the job token, helper, body.
+def compose_script(template: str, helper: str, token: str, encoded_args: str) -> str:
+    """Return the job script: shebang, the template's header, RELAY_TOKEN and RELAY_ARGS,
+    the helper, then the body.
 
-    The token is written into the script, which only its owner and the scheduler can
-    read, rather than passed with `qsub -v`: `qstat -f` shows the -v list to other users
-    at many sites, and Slurm's Torque wrapper puts it on sbatch's command line.
+    Token and arguments are written into the script, which only its owner and the
+    scheduler can read, rather than passed with `qsub -v`: `qstat -f` shows the -v list
+    to other users at many sites, Slurm's Torque wrapper puts it on sbatch's command line,
+    and a command line or environment string is limited to 128 KiB on Linux.
     """
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", token):
-        raise ValueError("job token must be base64url")
+    for name, value in (("job token", token), ("encoded arguments", encoded_args)):
+        if not re.fullmatch(r"[A-Za-z0-9_-]*", value) or (name == "job token" and not value):
+            raise ValueError(f"{name} must be base64url")
     lines = template.splitlines(keepends=True)
     if lines and lines[0].startswith("#!"):
         lines = lines[1:]
@@ -161,7 +164,8 @@ def compose_script(template: str, helper: str, token: str) -> str:
     parts = [
         "#!/bin/bash\n",
         *header,
-        f"\nexport RELAY_TOKEN={token}\n",
+        # RELAY_ARGS is not exported here: the helper exports it only when it is small.
+        f"\nexport RELAY_TOKEN={token}\nRELAY_ARGS={encoded_args}\n",
         "\n# ---- job-side helper (relay.sh) ----\n",
         *helper_lines,
     ]

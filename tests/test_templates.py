@@ -11,11 +11,12 @@ from relay.templates import TemplateRegistry, compose_script, encode_args
 
 HELPER = "#!/bin/bash\n# helper\nrelay_log() { :; }\n"
 TOKEN = "tok_en-123"
+ARGS = "eyJhIjoxfQ"
 
 
 def test_compose_puts_helper_after_pbs_header() -> None:
     template = "#!/bin/bash\n#PBS -N demo\n#PBS -l walltime=00:05:00\n\necho body\n"
-    script = compose_script(template, HELPER, TOKEN)
+    script = compose_script(template, HELPER, TOKEN, ARGS)
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
     assert lines[1:3] == ["#PBS -N demo", "#PBS -l walltime=00:05:00"]
@@ -24,20 +25,20 @@ def test_compose_puts_helper_after_pbs_header() -> None:
 
 
 def test_compose_exports_token_before_helper() -> None:
-    script = compose_script("#PBS -N demo\necho body\n", HELPER, TOKEN)
-    export_at = script.index(f"export RELAY_TOKEN={TOKEN}\n")
+    script = compose_script("#PBS -N demo\necho body\n", HELPER, TOKEN, ARGS)
+    export_at = script.index(f"export RELAY_TOKEN={TOKEN}\nRELAY_ARGS={ARGS}\n")
     assert script.index("#PBS -N demo") < export_at < script.index("relay_log()")
 
 
 @pytest.mark.parametrize("token", ["", "a b", "x;id", "$(id)", "a\nb"])
 def test_compose_rejects_token_outside_base64url(token: str) -> None:
     with pytest.raises(ValueError, match="base64url"):
-        compose_script("echo\n", HELPER, token)
+        compose_script("echo\n", HELPER, token, ARGS)
 
 
 def test_compose_keeps_every_pbs_line_before_first_command() -> None:
     template = "#PBS -N a\n# a comment\n#PBS -l nodes=1\nset -e\n#PBS -q late\n"
-    script = compose_script(template, HELPER, TOKEN)
+    script = compose_script(template, HELPER, TOKEN, ARGS)
     helper_at = script.index("relay_log()")
     assert script.index("#PBS -l nodes=1") < helper_at
     # A directive after the first command is not a directive; it stays in the body.
@@ -46,7 +47,7 @@ def test_compose_keeps_every_pbs_line_before_first_command() -> None:
 
 
 def test_compose_template_without_header() -> None:
-    script = compose_script("echo only\n", HELPER, TOKEN)
+    script = compose_script("echo only\n", HELPER, TOKEN, ARGS)
     assert script.startswith("#!/bin/bash\n")
     assert script.rstrip().endswith("echo only")
 

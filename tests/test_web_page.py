@@ -1,8 +1,8 @@
 """The browser page at `GET /`, driven in Debian's chromium through Playwright.
 
 The page runs under the relay's Content-Security-Policy in every test but one: the escaping
-test turns the policy off, so that only the page's own escaping stands between job data and
-the DOM.
+test turns the policy off, so that the page's own escaping is all that keeps job data out of
+the DOM as markup.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def browser() -> Iterator[Browser]:
 
 @dataclass
 class PageProblems:
-    """Script errors and console errors of one page; a passing test leaves both empty."""
+    """Uncaught script errors and console errors of one page. A passing test leaves none."""
 
     errors: list[str] = field(default_factory=list)
 

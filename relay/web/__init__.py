@@ -1,6 +1,6 @@
 """The browser page: one HTML file with its script and style sheet, served at `GET /`.
 
-The page holds no secrets, so it is served without an API key. The user types the key into
+The page contains no secrets, so it is served without an API key. The user types the key into
 the page, which sends it as `access_token` on the requests that need one.
 """
 

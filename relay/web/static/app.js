@@ -24,7 +24,7 @@ const TERMINAL_STATE_BY_CLOSE_CODE = new Map([
 // Close codes after which the page attaches again with ?after=<last seq>: relay shutdown
 // (1001), abnormal closure such as a dropped network (1006), internal error or broker
 // unavailable (1011) and a client too slow to keep up (4408).
-const RESUMABLE_CLOSE_CODES = new Set([1006, 1011, 4408]);
+const RESUMABLE_CLOSE_CODES = new Set([1001, 1006, 1011, 4408]);
 
 // Chunks with one of these media types get an audio player. Any other chunk is offered for
 // download as application/octet-stream, so a blob: URL opened in a tab never renders job
@@ -138,12 +138,14 @@ async function loadTemplates() {
     elements.templatesStatus.textContent = `Could not reach the relay: ${error.message}`;
     return;
   }
+
   if (response.status === 401) {
     showTemplates([], []);
     elements.templatesStatus.textContent =
       "The relay requires an API key. Enter a valid key, then press Load templates.";
     return;
   }
+
   let body;
   try {
     body = await response.json();
@@ -152,15 +154,20 @@ async function loadTemplates() {
   }
   if (!response.ok) {
     const detail = isPlainObject(body) && typeof body.error === "string" ? `: ${body.error}` : "";
-    elements.templatesStatus.textContent = `Loading templates failed with HTTP ${response.status}${detail}`;
+    const status = `Loading templates failed with HTTP ${response.status}${detail}`;
+    elements.templatesStatus.textContent = status;
     return;
   }
   if (!isPlainObject(body) || !Array.isArray(body.templates)) {
-    elements.templatesStatus.textContent = "Loading templates failed: unexpected response body.";
+    elements.templatesStatus.textContent = "Loading templates failed: the response contains no templates list.";
     return;
   }
-  const clusters = Array.isArray(body.clusters) ? body.clusters.filter((c) => typeof c === "string") : [];
-  showTemplates(body.templates.filter((t) => isPlainObject(t) && typeof t.name === "string"), clusters);
+  const clusters = Array.isArray(body.clusters)
+    ? body.clusters.filter((name) => typeof name === "string")
+    : [];
+  const valid = body.templates.filter((t) => isPlainObject(t) && typeof t.name === "string");
+  showTemplates(valid, clusters);
+
   const count = templates.length;
   elements.templatesStatus.textContent = `${count} template${count === 1 ? "" : "s"} loaded.`;
 }
@@ -172,7 +179,8 @@ function showTemplates(newTemplates, clusters) {
     const option = document.createElement("option");
     option.value = template.name;
     const title = isPlainObject(template.schema) ? template.schema.title : undefined;
-    option.textContent = typeof title === "string" && title ? `${template.name} (${title})` : template.name;
+    const hasTitle = typeof title === "string" && title !== "";
+    option.textContent = hasTitle ? `${template.name} (${title})` : template.name;
     return option;
   });
   elements.templateSelect.replaceChildren(...options);
@@ -288,15 +296,15 @@ function createField(name, property, required, id) {
       control.append(option);
     });
     read = () =>
-      control.value === "" ? { present: false } : { present: true, value: property.enum[Number(control.value)] };
+      control.value === "" ? ABSENT : present(property.enum[Number(control.value)]);
   } else if (type === "boolean") {
     control = document.createElement("input");
     control.type = "checkbox";
     control.checked = property.default === true;
-    read = () => ({ present: true, value: control.checked });
+    read = () => present(control.checked);
   } else if (type === "integer" || type === "number") {
     control = createNumberInput(property, type, hints);
-    read = () => (control.value === "" ? { present: false } : { present: true, value: control.valueAsNumber });
+    read = () => (control.value === "" ? ABSENT : present(control.valueAsNumber));
     check = () => checkNumber(control, property, type);
   } else if (type === "string") {
     control = document.createElement("input");
@@ -307,7 +315,7 @@ function createField(name, property, required, id) {
     }
     describeStringConstraints(property, hints);
     // An empty optional string is left out, so the relay fills in the schema's default.
-    read = () => (control.value === "" && !required ? { present: false } : { present: true, value: control.value });
+    read = () => (control.value === "" && !required ? ABSENT : present(control.value));
     check = () => checkString(control.value, property, required);
   } else {
     control = document.createElement("textarea");
@@ -317,7 +325,7 @@ function createField(name, property, required, id) {
       control.value = JSON.stringify(property.default);
     }
     hints.push(type ? `A JSON ${type}.` : "A JSON value.");
-    read = () => (control.value.trim() === "" ? { present: false } : { present: true, value: JSON.parse(control.value) });
+    read = () => readJson(control);
     check = () => checkJson(control.value, type);
   }
   control.id = id;
@@ -368,7 +376,8 @@ function createExtraArgumentsField() {
   control.rows = 3;
   control.spellcheck = false;
   control.placeholder = '{"name": "value"}';
-  const hint = paragraph("hint", `${id}-hint`, "A JSON object of arguments that the form does not list.");
+  const hintText = "A JSON object of arguments that the form does not list.";
+  const hint = paragraph("hint", `${id}-hint`, hintText);
   const error = paragraph("field-error", `${id}-error`, "");
   control.setAttribute("aria-describedby", `${id}-hint ${id}-error`);
   wrapper.append(label, control, hint, error);
@@ -376,7 +385,7 @@ function createExtraArgumentsField() {
     name: null,
     element: wrapper,
     control,
-    read: () => (control.value.trim() === "" ? { present: false } : { present: true, value: JSON.parse(control.value) }),
+    read: () => readJson(control),
     check() {
       control.setCustomValidity(checkJson(control.value, "object"));
       return control.validity.valid;
@@ -384,6 +393,17 @@ function createExtraArgumentsField() {
   };
   watchValidity(field, error);
   return field;
+}
+
+const ABSENT = Object.freeze({ present: false });
+
+function present(value) {
+  return { present: true, value };
+}
+
+// An empty JSON field is left out. Its check() has already rejected text that is not JSON.
+function readJson(control) {
+  return control.value.trim() === "" ? ABSENT : present(JSON.parse(control.value));
 }
 
 function paragraph(className, id, text) {
@@ -492,9 +512,9 @@ function describeStringConstraints(property, hints) {
 }
 
 // Returns a validation message, or "". JSON Schema counts a string's length in Unicode code
-// points, and its pattern matches anywhere in the string unless the pattern anchors itself,
-// so the form checks both here instead of with the maxlength and pattern attributes, which
-// count UTF-16 code units and match the whole value.
+// points, and its pattern matches anywhere in the string unless the pattern anchors itself.
+// The maxlength and pattern attributes count UTF-16 code units and match the whole value,
+// so the form checks both here instead.
 function checkString(value, property, required) {
   if (value === "" && !required) {
     return "";
@@ -556,6 +576,7 @@ function collectArguments() {
       continue;
     }
     if (field.name === null) {
+      // A named field wins over the same name in Other arguments, whichever comes first.
       args = { ...value, ...args };
     } else {
       args[field.name] = value;
@@ -595,9 +616,21 @@ function resetJobView() {
     }
     job.blobUrls.forEach((url) => URL.revokeObjectURL(url));
   }
-  for (const id of ["jobId", "jobState", "schedulerId", "jobHost", "connectionState", "progressPercent",
-    "progressMessage", "fatalMessage", "fatalExitStatus", "completeData", "formError"]) {
-    elements[id].textContent = "";
+  const textElements = [
+    "jobId",
+    "jobState",
+    "schedulerId",
+    "jobHost",
+    "connectionState",
+    "progressPercent",
+    "progressMessage",
+    "fatalMessage",
+    "fatalExitStatus",
+    "completeData",
+    "formError",
+  ];
+  for (const name of textElements) {
+    elements[name].textContent = "";
   }
   elements.progress.value = 0;
   elements.fatal.hidden = true;
@@ -665,7 +698,8 @@ function openSocket(url, firstFrame) {
     if (firstFrame !== null) {
       socket.send(firstFrame);
     }
-    setConnection(current.lastSeq >= 0 ? `connected, resumed after seq ${current.lastSeq}` : "connected");
+    const resumed = current.lastSeq >= 0;
+    setConnection(resumed ? `connected, resumed after seq ${current.lastSeq}` : "connected");
   });
   socket.addEventListener("message", (message) => {
     if (job === current && current.socket === socket) {
@@ -695,7 +729,8 @@ function receiveFrame(data) {
   if (typeof event.seq !== "number") {
     if (event.type === "trimmed" && isPlainObject(event.data)) {
       const { after, first_seq: firstSeq } = event.data;
-      appendLog(`[page] the relay no longer holds events ${after + 1} to ${firstSeq - 1}; they are not shown`);
+      const range = `${after + 1} to ${firstSeq - 1}`;
+      appendLog(`[page] events ${range} are no longer in the relay's history and are not shown`);
     }
     return;
   }
@@ -723,7 +758,8 @@ function decodeBinaryFrame(buffer) {
   if (headerLength > buffer.byteLength - 4) {
     throw new Error(`binary frame header length ${headerLength} exceeds the frame`);
   }
-  const header = new TextDecoder("utf-8", { fatal: true }).decode(new Uint8Array(buffer, 4, headerLength));
+  const headerBytes = new Uint8Array(buffer, 4, headerLength);
+  const header = new TextDecoder("utf-8", { fatal: true }).decode(headerBytes);
   const envelope = JSON.parse(header);
   if (!isPlainObject(envelope)) {
     throw new Error("binary frame header is not a JSON object");
@@ -851,12 +887,14 @@ function showFatal(data) {
   elements.fatal.hidden = false;
   elements.fatalMessage.textContent = details.message === undefined ? "" : asText(details.message);
   const status = details.exit_status;
-  elements.fatalExitStatus.textContent = status === null || status === undefined ? "none" : asText(status);
+  const hasStatus = status !== null && status !== undefined;
+  elements.fatalExitStatus.textContent = hasStatus ? asText(status) : "none";
   job.fatalShown = true;
 }
 
 function addChunk(event) {
-  const mime = typeof event.mime === "string" && event.mime ? event.mime : "application/octet-stream";
+  const hasMime = typeof event.mime === "string" && event.mime !== "";
+  const mime = hasMime ? event.mime : "application/octet-stream";
   const isAudio = AUDIO_MEDIA_TYPE.test(mime);
   const blob = new Blob([event.payload], { type: isAudio ? mime : "application/octet-stream" });
   const url = URL.createObjectURL(blob);
@@ -946,10 +984,10 @@ function handleClose(code, reason) {
     showFormError(`The relay rejected the request: ${reason}`);
     setState(job.id === null ? "rejected" : "unknown");
   } else if (code === 4429) {
-    showFormError(`The relay refused the job: ${reason}`);
+    showFormError(`The relay rejected the job: ${reason}`);
     setState(job.id === null ? "rejected" : "unknown");
   } else if (code === 4404) {
-    showFormError(`The relay does not know job ${job.id}: ${reason}`);
+    showFormError(`Job ${job.id} not found on the relay: ${reason}`);
     setState("unknown");
   } else if (job.id === null) {
     showFormError(
@@ -970,7 +1008,8 @@ function scheduleResume(detail) {
     setState("unknown");
     showFormError(
       `Lost the connection to job ${job.id}: ${MAX_RESUME_ATTEMPTS} attempts to resume failed ` +
-        `(last close ${detail}). Events up to seq ${job.lastSeq} are shown; press Reconnect to try again.`,
+        `(last close ${detail}). Events up to seq ${job.lastSeq} are shown. ` +
+        "Press Reconnect to try again.",
     );
     elements.submitButton.disabled = false;
     elements.reconnectButton.hidden = false;
@@ -1020,7 +1059,8 @@ async function cancelJob() {
   // Between resume attempts there is no open socket, so the cancel goes over HTTP.
   let response;
   try {
-    response = await fetch(urlWithKey(`/jobs/${encodeURIComponent(current.id)}`), { method: "DELETE" });
+    const url = urlWithKey(`/jobs/${encodeURIComponent(current.id)}`);
+    response = await fetch(url, { method: "DELETE" });
   } catch (error) {
     showFormError(`Cancel failed: ${error.message}`);
     elements.cancelButton.disabled = current.finished;
