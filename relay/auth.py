@@ -27,6 +27,15 @@ def new_key() -> str:
     return secrets.token_urlsafe(32)
 
 
+def own_origins(host: str, port: int, public_url: str) -> tuple[str, ...]:
+    """Return the origins of the relay's own web page: its public URL, and its loopback names."""
+    scheme, _, rest = public_url.partition("://")
+    origins = [f"{scheme}://{rest.split('/')[0]}"]
+    if is_loopback(host):
+        origins += [f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
+    return tuple(origins)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -39,9 +48,11 @@ def is_loopback(host: str) -> bool:
 class Authenticator:
     """Finds the API key of a request and checks browser Origins."""
 
-    def __init__(self, keys: tuple[ApiKey, ...], origins: tuple[str, ...]) -> None:
+    def __init__(
+        self, keys: tuple[ApiKey, ...], origins: tuple[str, ...], own_origins: tuple[str, ...] = ()
+    ) -> None:
         self.keys = keys
-        self.origins = frozenset(origin.rstrip("/") for origin in origins)
+        self.origins = frozenset(origin.rstrip("/") for origin in (*origins, *own_origins))
 
     @property
     def enabled(self) -> bool:
@@ -65,12 +76,10 @@ class Authenticator:
                 found = key.name
         return found
 
-    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
-        """Allow requests without Origin (not a browser), listed origins, and same-origin pages."""
-        if origin is None:
-            return True
-        origin = origin.rstrip("/")
-        if origin in self.origins:
-            return True
-        _, _, origin_host = origin.partition("://")
-        return host is not None and origin_host == host
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Allow requests without Origin (not a browser), and the listed and own origins.
+
+        The Host header is not trusted to name the relay's own origin: after DNS rebinding a
+        hostile page sends a Host and an Origin that match each other.
+        """
+        return origin is None or origin.rstrip("/") in self.origins

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from relay.auth import Authenticator
+from relay.auth import Authenticator, own_origins
 from relay.broker.base import Broker, PublishResult
 from relay.broker.states import TERMINAL_STATES
 from relay.config import Settings
@@ -73,7 +73,11 @@ class JobService:
         self.templates = templates
         self.schedulers = schedulers
         self._tasks: set[asyncio.Task[None]] = set()
-        self.auth = Authenticator(settings.api_keys, settings.origins)
+        self.auth = Authenticator(
+            settings.api_keys,
+            settings.origins,
+            own_origins(settings.host, settings.port, settings.relay_url),
+        )
         self.submits = BucketMap(settings.submits_per_minute / 60, settings.submits_per_minute)
         self.ingest_rate = BucketMap(settings.events_per_second, 2 * settings.events_per_second)
         self.sockets_by_owner: dict[str, int] = {}

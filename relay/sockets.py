@@ -49,7 +49,7 @@ async def authorize(
     """
     origin = websocket.headers.get("origin")
     owner = service.auth.client(websocket.headers, websocket.query_params)
-    if not service.auth.origin_allowed(origin, websocket.headers.get("host")):
+    if not service.auth.origin_allowed(origin):
         problem = f"origin {origin!r} not allowed"
     elif owner is None:
         problem = "missing or invalid API key"
