@@ -96,8 +96,12 @@ async def _ingest(request: Request, service: JobService) -> JSONResponse:
             "application/x-ndjson or application/octet-stream",
         )
 
-    # A batch costs its event count, capped at the burst so that any batch can pass.
-    wait = service.ingest_rate.take(job_id, min(len(events), 2 * settings.events_per_second))
+    # Each event costs one token. A batch larger than the whole burst could never pass, so
+    # it is refused as too large rather than told to retry.
+    burst = 2 * settings.events_per_second
+    if len(events) > burst:
+        return _error(413, f"{len(events)} events in one request; at most {burst:g} for this job")
+    wait = service.ingest_rate.take(job_id, len(events))
     if wait:
         logger.info("job %s: ingest rate limited, %d events refused", job_id, len(events))
         return _error(

@@ -147,7 +147,7 @@ def test_cors_header_names_allowed_origin(relay: RelayProcess, alice_job: str) -
 def test_cors_preflight_follows_allowlist(
     relay: RelayProcess, alice_job: str, origin: str, expected: str | None
 ) -> None:
-    """A browser asks with OPTIONS before a DELETE or a request with Authorization."""
+    """A browser sends OPTIONS before a DELETE or a request with Authorization."""
     headers = {
         "Origin": origin,
         "Access-Control-Request-Method": "DELETE",
@@ -159,7 +159,7 @@ def test_cors_preflight_follows_allowlist(
 
 
 def test_cors_header_never_wildcard(relay: RelayProcess, alice_job: str) -> None:
-    """A `*` would let any page read the responses of a browser that holds a key."""
+    """A `*` would let any page read the responses of a browser that has a key."""
     for origin in (None, ALLOWED_ORIGIN, EVIL_ORIGIN):
         headers = {**ALICE.headers, **({"Origin": origin} if origin else {})}
         response = job_request(relay, "GET", alice_job, headers=headers)

@@ -1,14 +1,13 @@
 """Argument values that try to run commands, on the local scheduler and through `qsub -v`.
 
 The `echo` test template completes with its arguments exactly as it received them, so a test
-compares them with what it sent. Each injected command would create a marker file, in /tmp
-(jobs on the test cluster run as the user relaytest) and in the test's tmp_path (local jobs
-run as root); no marker may appear.
+compares them with what it sent. Each injected command would create two marker files: one in
+/tmp, because jobs on the test cluster run as the user relaytest, and one in the test's
+tmp_path, where local jobs (run as root) can write. No marker may appear.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 from tests.job_checks import assert_complete
 from tests.relay_process import RelayProcess, Stream, submit_frame
 from tests.security.client import collect_with
+from tests.security.job_files import job_script_files
 from tests.security.relay_setup import auth_config, new_key, start_relay
 from tests.test_pbs_submit import write_config
 
@@ -81,7 +81,9 @@ def injection_args(markers: Markers) -> dict[str, Any]:
         "arithmetic": f"$(( $({markers.command()}) ))",
         "redirect": f"x > {markers.tmp_path / 'redirected'}",
         "nul": f"a\u0000b\u0000; {markers.command()}",
-        "comma_in_qsub_list": f"x,RELAY_URL=http://127.0.0.1:9/,RELAY_TOKEN=forged,Y=$({markers.command()})",
+        "comma_in_qsub_list": (
+            f"x,RELAY_URL=http://127.0.0.1:9/,RELAY_TOKEN=forged,Y=$({markers.command()})"
+        ),
         "variables": "$RELAY_TOKEN ${RELAY_TOKEN} $HOME ${IFS} $0 $$",
         "glob": "* ? [a-z] ~ ~root",
         "format_string": "%s%n%x%%",
@@ -148,17 +150,14 @@ def test_echo_option_like_only_args(relay: RelayProcess, tmp_path: Path) -> None
 def test_job_script_has_no_argument_values(
     request: pytest.FixtureRequest, relay: RelayProcess
 ) -> None:
-    """The job script file holds no argument value: only RELAY_ARGS carries them."""
+    """The job script file contains no argument value: only RELAY_ARGS carries them."""
     canary = f"canary-{uuid.uuid4().hex}"
     stream = run_echo(relay, {"value": canary})
     assert_complete(stream)
+    cluster_workdir = None
     if request.node.callspec.params["relay"] == "pbs":
-        folder = Path(request.getfixturevalue("test_cluster").local_workdir)
-        scripts = list(folder.glob(f"*{stream.job_id}*"))
-    else:
-        # The local scheduler keeps job-ID.sh in its own temporary folder until it stops.
-        folder = Path(tempfile.gettempdir())
-        scripts = list(folder.glob(f"relay-jobs-*/job-{stream.job_id}.sh"))
-    assert scripts, f"no script of job {stream.job_id} under {folder}"
+        cluster_workdir = Path(request.getfixturevalue("test_cluster").local_workdir)
+    scripts = job_script_files(stream.job_id, cluster_workdir)
+    assert scripts, f"no script of job {stream.job_id}"
     for script in scripts:
         assert canary not in script.read_text(errors="replace"), script

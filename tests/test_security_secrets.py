@@ -22,6 +22,7 @@ from tests.job_checks import assert_complete
 from tests.relay_process import RelayProcess, submit_frame
 from tests.security.client import Response, collect_with, event_body, http_request, post_events
 from tests.security.held_job import folder_for_user, held_job
+from tests.security.job_files import job_script_files
 from tests.security.relay_setup import auth_config, new_key, start_relay
 from tests.test_pbs_submit import write_config
 
@@ -36,6 +37,8 @@ class Target:
     server: RelayProcess
     folder: Path
     """A folder the jobs can write their token file into."""
+    cluster_workdir: Path | None = None
+    """The test cluster's working folder, seen from this machine; None for local jobs."""
 
 
 @pytest.fixture(scope="module", params=["local", "pbs"])
@@ -46,13 +49,15 @@ def target(
     config = auth_config([ALICE, BOB], limits={"max_body_bytes": 4096})
     with ExitStack() as stack:
         folder = workdir
+        cluster_workdir = None
         if request.param == "pbs":
             cluster = request.getfixturevalue("test_cluster")
             config = write_config(workdir / "cluster.toml", cluster).read_text() + config
             folder = stack.enter_context(folder_for_user(cluster.user))
+            cluster_workdir = Path(cluster.local_workdir)
         server = start_relay(workdir, config)
         stack.callback(server.stop)
-        yield Target(server, folder)
+        yield Target(server, folder, cluster_workdir)
 
 
 class CommandLineRecorder:
@@ -111,8 +116,8 @@ def test_token_absent_from_submit_command_lines(target: Target) -> None:
     """From the submit until the job runs, no process shows the token in its argv.
 
     On the test cluster the login node is this machine, so the scan covers the commands
-    that the relay runs over SSH (qsub, and sbatch under Slurm's Torque wrapper), which any
-    user of a shared login node can read with ps.
+    that the relay runs over SSH: qsub, and sbatch under Slurm's Torque wrapper. Any user of
+    a shared login node can read their argv with ps.
     """
     recorder = CommandLineRecorder()
     try:
@@ -124,6 +129,22 @@ def test_token_absent_from_submit_command_lines(target: Target) -> None:
 
     assert recorder.scans > 0
     assert recorder.containing(job.token) == []
+    assert_complete(stream)
+
+
+def test_job_script_folder_private(target: Target) -> None:
+    """Other users cannot list or read the folder of the job scripts.
+
+    A script may contain what its job needs, the token included, and other users of the login
+    node could otherwise read it.
+    """
+    with held_job(target.server, ALICE, target.folder) as job:
+        scripts = job_script_files(job.job_id, target.cluster_workdir)
+        stream = job.release(45)
+
+    assert scripts, f"no script of job {job.job_id}"
+    for script in scripts:
+        assert script.parent.stat().st_mode & 0o077 == 0, oct(script.parent.stat().st_mode)
     assert_complete(stream)
 
 

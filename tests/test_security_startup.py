@@ -41,7 +41,7 @@ def relay_command(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("where", ["flag", "config", "empty-keys"])
 def test_serve_public_host_without_keys_exits(tmp_path: Path, where: str) -> None:
-    """`relay serve` on 0.0.0.0 with no API keys exits at once and says why and what to do."""
+    """`relay serve` on 0.0.0.0 with no API keys exits at once, with the reason and the fix."""
     args = ["serve", "--port", str(free_port()), "--scripts", str(TEST_SCRIPTS)]
     config = tmp_path / "relay.toml"
     if where == "flag":
@@ -78,7 +78,7 @@ def test_serve_loopback_without_keys_is_open(tmp_path: Path) -> None:
 
 
 def test_key_command_prints_working_key(tmp_path: Path) -> None:
-    """`relay key NAME` prints a random key and a config line that holds its SHA-256."""
+    """`relay key NAME` prints a random key and a config line with its SHA-256."""
     outputs = []
     for _ in range(2):
         result = relay_command("key", "alice")
