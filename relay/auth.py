@@ -69,7 +69,7 @@ class Authenticator:
             return None
         digest = hash_key(presented)
         found = None
-        # Every configured hash is compared, in constant time, so timing tells nothing
+        # Every configured hash is compared, in constant time, so timing reveals nothing
         # about which key was close.
         for key in self.keys:
             if hmac.compare_digest(digest, key.sha256):

@@ -41,7 +41,7 @@ class ClusterConfig:
     poll_interval: float = 120.0
     """Seconds between qstat calls that check on the cluster's running jobs."""
     min_poll_interval: float = 60.0
-    """Fewest seconds between two qstat calls, across all relay instances."""
+    """Minimum seconds between two qstat calls, across all relay instances."""
     heartbeat_timeout: float = 600.0
     """A job silent this long is checked at the next allowed qstat call."""
     finish_grace: float = 5.0

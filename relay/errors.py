@@ -20,7 +20,7 @@ class LimitExceeded(RelayError):
 
 
 class BrokerUnavailable(RelayError):
-    """Raised when the broker cannot be reached; callers answer 503 and retry."""
+    """Raised when the broker cannot be reached; callers respond with 503 so the client retries."""
 
 
 class JobFinished(RelayError):

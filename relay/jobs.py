@@ -54,7 +54,7 @@ def hash_token(token: str) -> str:
 
 
 def token_matches(token: str, record: dict[str, str]) -> bool:
-    """Compare in constant time, so response timing tells nothing about the stored hash."""
+    """Compare in constant time, so response timing reveals nothing about the stored hash."""
     return hmac.compare_digest(hash_token(token), record.get("token_hash", ""))
 
 
@@ -154,9 +154,10 @@ class JobService:
             )
 
     def token_expired(self, record: dict[str, str], now: float) -> bool:
-        """A job token lasts until the job started plus its walltime plus a grace period.
+        """Return True once the token is past its expiry.
 
-        Before the job starts it lasts for the queue grace period after creation.
+        A token expires at the job's start plus its walltime plus a grace period, or,
+        before the job starts, the queue grace period after creation.
         """
         started = record.get("started_at")
         if started:

@@ -194,7 +194,7 @@ async def _serve(
     """Stream events until the job ends, the client leaves or the relay shuts down."""
     open_sockets = service.sockets_by_owner.get(owner, 0)
     if open_sockets >= service.settings.sockets_per_key:
-        logger.info("job %s: socket refused, key %s has %d open", job_id, owner, open_sockets)
+        logger.info("job %s: socket rejected, key %s has %d open", job_id, owner, open_sockets)
         limit = service.settings.sockets_per_key
         await _close(websocket, CloseCode.TOO_MANY, f"this key has {limit} open sockets")
         return
@@ -271,8 +271,8 @@ async def _stream(
     async def catch_up() -> Event | None:
         history = await service.broker.history(job_id, cursor.last)
         if history and history[0].seq > cursor.last + 1:
-            # The bounded history no longer holds what the client asked for: say so once,
-            # with the range it lost, before the events that remain.
+            # The bounded history no longer contains what the client requested, so it gets one
+            # notice with the lost range before the events that remain.
             logger.warning(
                 "job %s: history trimmed, events %d-%d are gone",
                 job_id,

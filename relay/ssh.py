@@ -129,7 +129,7 @@ class SSHConnection:
                     if attempt == CHANNEL_OPEN_ATTEMPTS:
                         raise
                     logger.warning(
-                        "cluster %s: channel open refused (%s); retry %d in %.1fs",
+                        "cluster %s: channel open rejected (%s); retry %d in %.1fs",
                         self._cluster.name,
                         error.reason,
                         attempt,
@@ -180,7 +180,7 @@ class SSHConnection:
             ) from error
         except asyncssh.PermissionDenied as error:
             raise ConfigError(
-                f"SSH login to {self.target} with key {cluster.key} was refused: {error.reason}"
+                f"SSH login to {self.target} with key {cluster.key} was rejected: {error.reason}"
             ) from error
         except (OSError, asyncssh.Error, TimeoutError) as error:
             raise SubmitError(f"cannot connect to {self.target}: {error!r}") from error

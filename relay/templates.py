@@ -141,9 +141,9 @@ def compose_script(template: str, helper: str, token: str, encoded_args: str) ->
     the helper, then the body.
 
     Token and arguments are written into the script, which only its owner and the
-    scheduler can read, rather than passed with `qsub -v`: `qstat -f` shows the -v list
-    to other users at many sites, Slurm's Torque wrapper puts it on sbatch's command line,
-    and a command line or environment string is limited to 128 KiB on Linux.
+    scheduler can read, rather than passed with `qsub -v`. At many sites `qstat -f` shows
+    the -v list to other users, and Slurm's Torque wrapper puts it on sbatch's command
+    line. Linux also limits one command-line or environment string to 128 KiB.
     """
     for name, value in (("job token", token), ("encoded arguments", encoded_args)):
         if not re.fullmatch(r"[A-Za-z0-9_-]*", value) or (name == "job token" and not value):

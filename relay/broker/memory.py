@@ -128,7 +128,7 @@ class MemoryBroker(Broker):
         return dict(self._active.get(cluster, {}))
 
     async def claim_poll(self, cluster: str, seconds: float) -> bool:
-        # One process holds every socket and job, so there is no other poller to defer to.
+        # All sockets and jobs live in this one process, so no other instance polls.
         return True
 
     async def _add_subscriber(self, subscription: Subscription) -> None:

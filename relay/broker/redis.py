@@ -4,7 +4,7 @@ Keys of one job share the hash tag `{job_id}` so they live on one Redis Cluster 
 `relay:{id}:job` (hash: the record), `relay:{id}:events` (stream: the history, entry
 id `0-(seq+1)`), `relay:{id}:ids` (set: event ids seen, for idempotent ingest). Events
 are published on the channel `relay:{id}:channel`. One Lua script sequences, stores and
-publishes, so no subscriber sees an event that history lacks.
+publishes, so no subscriber receives an event that history lacks.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ class JobSubmission:
     environment: dict[str, str]
 
 
-# Called with (job_id, exit_status) when a scheduler sees a job end.
+# Called with (job_id, exit_status) when a scheduler detects that a job ended.
 ExitCallback = Callable[[str, int | None], Awaitable[None]]
 
 
