@@ -15,6 +15,8 @@ from relay.scheduler.base import ExitCallback, JobSubmission, Scheduler
 logger = logging.getLogger(__name__)
 
 # Variables a login shell would give a batch job; nothing else leaks from the relay.
+# Seconds jobs get after SIGTERM at shutdown before SIGKILL.
+KILL_AFTER = 3.0
 _INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "SHELL", "TZ")
 
 
@@ -40,6 +42,16 @@ class LocalScheduler(Scheduler):
         for scheduler_id in list(self._processes):
             await self.cancel(scheduler_id)
         if self._waiters:
+            await asyncio.wait(self._waiters, timeout=KILL_AFTER)
+        # A job's TERM trap retries its fatal for minutes against a relay that is gone, so
+        # what is left after the grace period is killed with its whole process group.
+        for scheduler_id, process in list(self._processes.items()):
+            logger.warning("local job %s still running at shutdown; sending SIGKILL", scheduler_id)
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._waiters:
             await asyncio.wait(self._waiters, timeout=5)
         if self._own_workdir is not None:
             self._own_workdir.cleanup()
@@ -48,7 +60,10 @@ class LocalScheduler(Scheduler):
         assert self._workdir is not None, "start() was not called"
         script = self._workdir / f"job-{submission.job_id}.sh"
         output = self._workdir / f"job-{submission.job_id}.out"
-        script.write_text(submission.script, encoding="utf-8")
+        # The script holds the job's token: only its owner may read it.
+        descriptor = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(submission.script)
         environment = {key: os.environ[key] for key in _INHERITED if key in os.environ}
         environment.update(submission.environment)
         try:
