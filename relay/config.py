@@ -64,6 +64,8 @@ class Settings:
     history_length: int = 10_000
     retention_seconds: int = 86_400
     subscriber_queue: int = 1024
+    cancel_unwatched_after: float = 0.0
+    """Seconds after its last socket closes that an unfinished job is cancelled; 0 is never."""
     local_workdir: Path | None = None
 
     # Client authentication
@@ -138,6 +140,7 @@ def load_settings(
         history_length=int(server.get("history_length", 10_000)),
         retention_seconds=int(server.get("retention_seconds", 86_400)),
         subscriber_queue=int(server.get("subscriber_queue", 1024)),
+        cancel_unwatched_after=float(server.get("cancel_unwatched_after", 0)),
         **_auth_settings(_table(data, "auth", config_file)),
         **_limit_settings(_table(data, "limits", config_file)),
     )

@@ -269,6 +269,32 @@ class JobService:
             logger.warning("job %s: cancel of %s failed: %s", job_id, scheduler_id, error)
         return True
 
+    async def watcher_joined(self, job_id: str) -> None:
+        await self.broker.count_watchers(job_id, 1)
+
+    async def watcher_left(self, job_id: str) -> None:
+        """Count the socket out; start the grace period when it was the job's last one."""
+        if await self.broker.count_watchers(job_id, -1) or self.shutting_down.is_set():
+            return
+        if self.settings.cancel_unwatched_after > 0:
+            task = asyncio.create_task(self._cancel_if_unwatched(job_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_if_unwatched(self, job_id: str) -> None:
+        await asyncio.sleep(self.settings.cancel_unwatched_after)
+        try:
+            if await self.broker.count_watchers(job_id, 0):
+                return
+            if await self.cancel(job_id, by="unwatched"):
+                logger.info(
+                    "job %s cancelled: no socket watched it for %.0fs",
+                    job_id,
+                    self.settings.cancel_unwatched_after,
+                )
+        except BrokerUnavailable as error:
+            logger.warning("job %s: unwatched check failed, broker unavailable: %s", job_id, error)
+
     def socket_opened(self) -> None:
         self.open_sockets += 1
         self._sockets_closed.clear()

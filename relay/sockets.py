@@ -202,7 +202,11 @@ async def _serve(
     service.sockets_by_owner[owner] = open_sockets + 1
     service.socket_opened()
     try:
-        await _serve_until_done(websocket, service, job_id, cursor, subscription)
+        await service.watcher_joined(job_id)
+        try:
+            await _serve_until_done(websocket, service, job_id, cursor, subscription)
+        finally:
+            await service.watcher_left(job_id)
     finally:
         service.socket_closed()
         service.sockets_by_owner[owner] -= 1

@@ -210,3 +210,54 @@ def test_templates_route_lists_schemas(relay: RelayProcess) -> None:
     hello = next(t for t in body["templates"] if t["name"] == "hello")
     assert hello["schema"]["properties"]["steps"]["maximum"] == 20
     assert body["clusters"] == ["local"]
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_unwatched_job_cancelled_after_grace(
+    tmp_path: Path, request: pytest.FixtureRequest, broker: str
+) -> None:
+    extra = ["--redis", request.getfixturevalue("redis_server").url] if broker == "redis" else []
+    server = start_relay(tmp_path, "[server]\ncancel_unwatched_after = 1\n", *extra)
+
+    async def leave_early() -> str:
+        stream = Stream()
+        async with connect(f"{server.ws_url}/ws/jobs") as websocket:
+            await websocket.send(json.dumps(submit_frame("sleepy", seconds=30)))
+            await read_until(websocket, stream, 4)
+        return stream.job_id
+
+    try:
+        job_id = asyncio.run(leave_early())
+        deadline = time.monotonic() + 15
+        while server.get_json(f"/jobs/{job_id}")[1]["state"] != "cancelled":
+            assert time.monotonic() < deadline, "job not cancelled within 15 s"
+            time.sleep(0.2)
+        replay = asyncio.run(collect(f"{server.ws_url}/ws/jobs/{job_id}"))
+    finally:
+        server.stop()
+    assert replay.events[-1]["type"] == "cancelled"
+    assert replay.events[-1]["data"] == {"by": "unwatched"}
+    assert replay.close_code == 4001
+
+
+def test_rewatched_job_not_cancelled(tmp_path: Path) -> None:
+    """A client that comes back within the grace period keeps its job."""
+    server = start_relay(tmp_path, "[server]\ncancel_unwatched_after = 2\n")
+
+    async def leave_and_return() -> tuple[Stream, Stream]:
+        first = Stream()
+        async with connect(f"{server.ws_url}/ws/jobs") as websocket:
+            await websocket.send(json.dumps(submit_frame("sleepy", seconds=3)))
+            await read_until(websocket, first, 4)
+        await asyncio.sleep(0.5)
+        rest = await collect(f"{server.ws_url}/ws/jobs/{first.job_id}?after={first.seqs[-1]}")
+        return first, rest
+
+    try:
+        first, rest = asyncio.run(leave_and_return())
+    finally:
+        server.stop()
+    combined = first.events + rest.events
+    assert [event["seq"] for event in combined] == list(range(len(combined)))
+    assert combined[-1]["type"] == "complete"
+    assert rest.close_code == 1000

@@ -118,6 +118,11 @@ class Broker(ABC):
         """Return job id to scheduler id for the cluster's jobs that have not finished."""
 
     @abstractmethod
+    async def count_watchers(self, job_id: str, change: int) -> int:
+        """Add `change` to the number of sockets watching the job, on every instance, and
+        return the new number."""
+
+    @abstractmethod
     async def claim_poll(self, cluster: str, seconds: float) -> bool:
         """Return True if this instance may ask the scheduler now; False if another did
         within the last `seconds`."""

@@ -33,6 +33,7 @@ class MemoryBroker(Broker):
         self._retention_seconds = retention_seconds
         self._jobs: dict[str, _Job] = {}
         self._active: dict[str, dict[str, str]] = {}
+        self._watchers: dict[str, int] = {}
 
     async def start(self) -> None:
         logger.info("memory broker started (history of %d events a job)", self._history_length)
@@ -126,6 +127,14 @@ class MemoryBroker(Broker):
 
     async def active_jobs(self, cluster: str) -> dict[str, str]:
         return dict(self._active.get(cluster, {}))
+
+    async def count_watchers(self, job_id: str, change: int) -> int:
+        count = self._watchers.get(job_id, 0) + change
+        if count > 0:
+            self._watchers[job_id] = count
+        else:
+            self._watchers.pop(job_id, None)
+        return max(count, 0)
 
     async def claim_poll(self, cluster: str, seconds: float) -> bool:
         # All sockets and jobs live in this one process, so no other instance polls.

@@ -245,6 +245,17 @@ class RedisBroker(Broker):
         raw = await self._call(self._redis.hgetall, f"relay:active:{cluster}")
         return {key.decode(): value.decode() for key, value in raw.items()}
 
+    async def count_watchers(self, job_id: str, change: int) -> int:
+        key = f"relay:{{{job_id}}}:watchers"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(key, change)
+            pipe.expire(key, self._job_ttl_seconds)
+            try:
+                count, _ = await pipe.execute()
+            except _UNAVAILABLE as error:
+                raise BrokerUnavailable(str(error)) from error
+        return max(int(count), 0)
+
     async def claim_poll(self, cluster: str, seconds: float) -> bool:
         claimed = await self._call(
             self._redis.set, f"relay:watchdog:{cluster}", "1", nx=True, px=int(seconds * 1000)
