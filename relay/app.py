@@ -88,12 +88,15 @@ async def get_events(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     raw_after = request.query_params.get("after", "-1")
     try:
-        after = int(raw_after)
+        after = max(int(raw_after), -1)
     except ValueError:
         return _error(400, f"after must be an integer: {raw_after!r}")
     record = await _owned_record(request)
     if isinstance(record, Response):
         return record
+    last_seq = int(record.get("next_seq", "0")) - 1
+    if after > last_seq:
+        return _error(400, f"after={after} is beyond the job's last event, seq {last_seq}")
     try:
         events = await service.broker.history(job_id, after)
     except BrokerUnavailable:
@@ -106,7 +109,7 @@ async def get_events(request: Request) -> Response:
             envelope["data_base64"] = base64.b64encode(payload).decode("ascii")
         envelopes.append(envelope)
     body: dict[str, object] = {"job": job_id, "state": record["state"], "events": envelopes}
-    if events and events[0].seq > max(after, -1) + 1:
+    if events and events[0].seq > after + 1:
         body["trimmed"] = {"after": after, "first_seq": events[0].seq}
     return JSONResponse(body)
 

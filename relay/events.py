@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -67,20 +68,29 @@ JOB_EVENT_TYPES = frozenset(
 
 # Deeper JSON would only exhaust the recursion of clients that decode it.
 MAX_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def nesting_exceeds(value: Any, limit: int) -> bool:
-    """Return True if lists and objects in `value` nest deeper than `limit`, without recursion."""
+def json_problem(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """Return why decoded JSON cannot be stored and sent on, or None if it can.
+
+    Lists and objects may nest at most `limit` deep, and strings may hold no lone UTF-16
+    surrogate (JSON's escapes allow one, UTF-8 cannot encode it). Checked without recursion.
+    """
     pending = [(value, 0)]
     while pending:
         item, depth = pending.pop()
         if depth > limit:
-            return True
-        if isinstance(item, dict):
+            return f"JSON nests deeper than {limit} levels"
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return "JSON string holds a lone UTF-16 surrogate"
+        elif isinstance(item, dict):
+            pending.extend((key, depth + 1) for key in item)
             pending.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
             pending.extend((child, depth + 1) for child in item)
-    return False
+    return None
 
 
 def is_terminal(event_type: str) -> bool:

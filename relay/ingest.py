@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from relay.errors import BrokerUnavailable, JobFinished
-from relay.events import JOB_EVENT_TYPES, MAX_DEPTH, EventType, NewEvent, nesting_exceeds, new_event
+from relay.events import JOB_EVENT_TYPES, EventType, NewEvent, json_problem, new_event
 from relay.jobs import JobService, token_matches
 
 logger = logging.getLogger(__name__)
@@ -190,8 +190,9 @@ def _decode_json(raw: bytes) -> Any:
         raise MalformedBody(f"body is not valid JSON: {error}") from error
     except RecursionError as error:
         raise MalformedBody("body is nested too deeply to parse") from error
-    if nesting_exceeds(value, MAX_DEPTH):
-        raise InvalidEvent(f"event data is nested deeper than {MAX_DEPTH} levels")
+    problem = json_problem(value)
+    if problem:
+        raise InvalidEvent(f"invalid event: {problem}")
     return value
 
 
@@ -244,8 +245,12 @@ def _check_data(event_type: str, data: Any, where: str) -> None:
         if not isinstance(data, dict) or not isinstance(data.get("message"), str):
             raise InvalidEvent(f"{where}: fatal data needs a message string")
         status = data.get("exit_status")
-        if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
-            raise InvalidEvent(f"{where}: fatal exit_status must be an integer or null")
+        if status is not None and (
+            isinstance(status, bool)
+            or not isinstance(status, int)
+            or not -(2**31) <= status < 2**31
+        ):
+            raise InvalidEvent(f"{where}: fatal exit_status must be a 32-bit integer or null")
     elif event_type == EventType.STARTED:
         if data is not None and not isinstance(data, dict):
             raise InvalidEvent(f"{where}: started data must be an object")
@@ -258,7 +263,7 @@ def _binary_event(request: Request, body: bytes, now: float) -> NewEvent:
     raw_id = params.get("id")
     event_id = None
     if raw_id is not None:
-        if not raw_id.isdigit():
+        if not re.fullmatch(r"[0-9]{1,19}", raw_id):
             raise InvalidEvent(f"id must be a non-negative integer, got {raw_id!r}")
         event_id = _event_id(int(raw_id), "chunk")
     mime = params.get("mime") or "application/octet-stream"

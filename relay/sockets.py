@@ -12,13 +12,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from relay.broker.base import Subscription
 from relay.errors import BrokerUnavailable, LimitExceeded, TemplateError
 from relay.events import (
-    MAX_DEPTH,
     TERMINAL_CLOSE_CODES,
     CloseCode,
     Event,
     EventType,
     JobState,
-    nesting_exceeds,
+    json_problem,
 )
 from relay.jobs import JobService
 
@@ -124,7 +123,7 @@ async def attach_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     try:
-        after = int(raw_after)
+        after = max(int(raw_after), -1)
     except ValueError:
         await _close(
             websocket, CloseCode.INVALID_REQUEST, f"after must be an integer: {raw_after!r}"
@@ -145,12 +144,24 @@ async def _attach(
 ) -> None:
     job_id = record["id"]
     last_seq = int(record.get("next_seq", "0")) - 1
-    if record["state"] in FINAL_CLOSE_CODES and after >= last_seq:
+    if after > last_seq:
+        # A client can only have seen events that exist: this `after` names none.
+        await _close(
+            websocket,
+            CloseCode.INVALID_REQUEST,
+            f"after={after} is beyond the job's last event, seq {last_seq}",
+        )
+        return
+    if record["state"] in FINAL_CLOSE_CODES and after == last_seq:
         # The client has every event of a finished job, the terminal one included.
-        await _close(websocket, FINAL_CLOSE_CODES[record["state"]], record["state"])
+        last = await service.broker.history(job_id, last_seq - 1)
+        if last and last[-1].terminal:
+            await _close(websocket, *_terminal_close(last[-1]))
+        else:
+            await _close(websocket, FINAL_CLOSE_CODES[record["state"]], record["state"])
         return
     async with service.broker.subscribe(job_id, service.settings.subscriber_queue) as subscription:
-        await _serve(websocket, service, job_id, max(after, -1), subscription, owner)
+        await _serve(websocket, service, job_id, after, subscription, owner)
 
 
 async def _receive_submit(websocket: WebSocket) -> dict[str, Any]:
@@ -166,8 +177,9 @@ async def _receive_submit(websocket: WebSocket) -> dict[str, Any]:
         raise ValueError(f"submit frame is not valid JSON: {error}") from error
     except RecursionError as error:
         raise ValueError("submit frame is nested too deeply") from error
-    if nesting_exceeds(request, MAX_DEPTH):
-        raise ValueError(f"submit frame nests deeper than {MAX_DEPTH} levels")
+    problem = json_problem(request)
+    if problem:
+        raise ValueError(f"invalid submit frame: {problem}")
     if not isinstance(request, dict) or request.get("type") != "submit":
         raise ValueError('expected {"type": "submit", "script": ..., "args": {...}}')
     unknown = set(request) - {"type", "script", "args", "cluster"}
@@ -299,6 +311,10 @@ async def _stream(
                 logger.warning("job %s: client too slow, closing after seq %d", job_id, cursor.last)
                 return CloseCode.TOO_SLOW, f"too slow; resume with after={cursor.last}"
             subscription.interrupted = False
+            if await service.broker.get_job(job_id) is None:
+                # The broker lost the job (Redis restarted without persistence).
+                logger.error("job %s: record lost from the broker", job_id)
+                return CloseCode.INTERNAL_ERROR, "job record lost from the broker"
             terminal = await catch_up()
             continue
         if event.seq <= cursor.last:
@@ -337,7 +353,7 @@ async def _read_client(websocket: WebSocket, service: JobService, job_id: str) -
         text = message.get("text")
         try:
             frame = json.loads(text) if text is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):
             frame = None
         if isinstance(frame, dict) and frame.get("type") == "cancel":
             logger.info("job %s: cancel requested by a client", job_id)

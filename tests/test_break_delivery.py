@@ -88,7 +88,7 @@ def test_attach_after_past_end_closes(memory_relay: RelayProcess, tmp_path: Path
     with running_job(memory_relay, tmp_path) as job:
         holder: dict[str, Stream] = {}
         watcher = threading.Thread(
-            target=lambda: holder.update(stream=attach(memory_relay, job.job_id, 50, 15))
+            target=lambda: holder.update(stream=attach(memory_relay, job.job_id, 50, 8))
         )
         watcher.start()
         time.sleep(1.0)
@@ -125,14 +125,20 @@ def test_nested_client_frame_keeps_stream(memory_relay: RelayProcess) -> None:
 
 
 def test_history_after_below_minus_one(relay: RelayProcess, tmp_path: Path) -> None:
-    """GET /jobs/{id}/events with after below -1 returns every event, as after=-1 does."""
+    """GET /jobs/{id}/events with after below -1 returns every event, as after=-1 does.
+
+    With Redis, after=-3 makes the history read send XRANGE from 0--1, an invalid id.
+    """
     with running_job(relay, tmp_path) as job:
-        for after in (-2, -3, -5):
-            status, body = relay.get_json(f"/jobs/{job.job_id}/events?after=-1")
-            assert status == 200
-            assert http_status(relay, f"/jobs/{job.job_id}/events?after={after}") == 200, after
+        status, everything = relay.get_json(f"/jobs/{job.job_id}/events?after=-1")
+        statuses = {
+            after: http_status(relay, f"/jobs/{job.job_id}/events?after={after}")
+            for after in (-2, -3, -5)
+        }
         job.release()
-    assert body["events"][0]["seq"] == 0
+    assert status == 200
+    assert everything["events"][0]["seq"] == 0
+    assert statuses == {-2: 200, -3: 200, -5: 200}
 
 
 def test_attach_huge_after_running_job(redis_relay: RelayProcess, tmp_path: Path) -> None:
@@ -145,7 +151,7 @@ def test_attach_huge_after_running_job(redis_relay: RelayProcess, tmp_path: Path
         status = http_status(redis_relay, f"/jobs/{job.job_id}/events?after={10**20}")
         holder: dict[str, Stream] = {}
         watcher = threading.Thread(
-            target=lambda: holder.update(stream=attach(redis_relay, job.job_id, 10**20, 15))
+            target=lambda: holder.update(stream=attach(redis_relay, job.job_id, 10**20, 8))
         )
         watcher.start()
         time.sleep(1.0)
@@ -165,9 +171,9 @@ def test_after_values_on_finished_job(relay: RelayProcess, tmp_path: Path) -> No
     assert replay.events == owner.events
     assert replay.close_code == 1000
     for after in ("1e3", "abc", "1.5"):
-        refused = attach(relay, job.job_id, after)
-        assert refused.close_code == 4400, (after, refused.close_code)
-        assert refused.events == []
+        rejected = attach(relay, job.job_id, after)
+        assert rejected.close_code == 4400, (after, rejected.close_code)
+        assert rejected.events == []
     at_end = attach(relay, job.job_id, owner.seqs[-1])
     assert at_end.events == []
     assert at_end.close_code == 1000
@@ -190,7 +196,7 @@ def test_attach_failed_job_reason(relay: RelayProcess, tmp_path: Path) -> None:
 
 
 def test_lone_surrogate_event(relay: RelayProcess, tmp_path: Path) -> None:
-    """An event with a lone surrogate escape is refused with 422 or delivered; it never
+    """An event with a lone surrogate escape is rejected with 422 or delivered; it never
     breaks the job's stream or the ingest route."""
     with running_job(relay, tmp_path) as job:
         response = post_events(
@@ -214,7 +220,7 @@ def test_chunk_id_unicode_digit(relay: RelayProcess, tmp_path: Path) -> None:
 
 
 def test_fatal_exit_status_beyond_double(relay: RelayProcess, tmp_path: Path) -> None:
-    """A fatal exit status that is a valid integer is refused (422) or kept exactly.
+    """A fatal exit status that is a valid integer is rejected (422) or kept exactly.
 
     The Redis script decodes the event with cjson, whose numbers are doubles, and stores
     10**20 as "1e+20", which GET /jobs/{id} then fails to parse.
@@ -339,7 +345,7 @@ def test_id_reused_across_types_is_duplicate(relay: RelayProcess, tmp_path: Path
     }
     # The job's own complete, from the release, ends the stream.
     assert_stream_ends(owner, "complete", 1000)
-    assert owner.of_type("complete")[0]["data"] == {"ticks": owner.of_type("complete")[0]["data"]["ticks"]}
+    assert owner.of_type("complete")[0]["data"] is not None
 
 
 def test_zero_byte_chunk(relay: RelayProcess, tmp_path: Path) -> None:
@@ -367,25 +373,38 @@ def test_zero_byte_chunk(relay: RelayProcess, tmp_path: Path) -> None:
 # Many sockets on one job through Redis
 
 
-ATTACH_ROUNDS = 60
+ATTACH_ROUNDS = 40
+CHURN_SECONDS = 5.0
 
 
 async def churn(server: RelayProcess, job_id: str, seed: int) -> None:
-    """Attach and leave again and again, after a random seq and a random number of frames."""
+    """Attach and leave again and again, after a random seq and a random number of frames.
+
+    `after` stays at or below 5, which the ticking job passes within a second, so no
+    socket waits for events that never come.
+    """
     generator = random.Random(seed)
+    deadline = time.monotonic() + CHURN_SECONDS
     for _ in range(ATTACH_ROUNDS):
-        after = generator.randint(-1, 30)
+        if time.monotonic() > deadline:
+            return
+        after = generator.randint(-1, 5)
         url = f"{server.ws_url}/ws/jobs/{job_id}?after={after}"
         async with connect(url, max_size=None, open_timeout=10) as websocket:
             try:
                 for _ in range(generator.randint(0, 3)):
-                    await asyncio.wait_for(websocket.recv(), 2)
+                    await asyncio.wait_for(websocket.recv(), 0.2)
             except (TimeoutError, ConnectionClosed):
                 pass
 
 
-async def watch_from(server: RelayProcess, job_id: str, after: int) -> Stream:
+async def watch_from(server: RelayProcess, job_id: str, delay: float, after: int) -> Stream:
+    await asyncio.sleep(delay)
     return await stream_or_timeout(f"{server.ws_url}/ws/jobs/{job_id}?after={after}", 30)
+
+
+# Watchers attach at these seconds after the job started, with these `after` values.
+WATCHERS = ((0.0, -1), (0.0, 2), (1.0, 5), (2.0, -1), (3.0, 10))
 
 
 def test_redis_attach_churn_loses_nothing(
@@ -396,10 +415,12 @@ def test_redis_attach_churn_loses_nothing(
     with running_job(redis_relay, tmp_path, tick=True) as job:
 
         async def scenario() -> list[Stream]:
-            churners = [churn(redis_relay, job.job_id, seed) for seed in range(6)]
-            watchers = [watch_from(redis_relay, job.job_id, after) for after in (-1, 2, 5)]
+            churners = [churn(redis_relay, job.job_id, seed) for seed in range(10)]
+            watchers = [
+                watch_from(redis_relay, job.job_id, delay, after) for delay, after in WATCHERS
+            ]
             results = await asyncio.gather(*watchers, *churners, asyncio.to_thread(release_later))
-            return list(results[:3])
+            return list(results[: len(WATCHERS)])
 
         def release_later() -> None:
             time.sleep(4.0)
@@ -408,7 +429,7 @@ def test_redis_attach_churn_loses_nothing(
         watchers = asyncio.run(scenario())
         owner = job.client.wait(CLOSE_WAIT)
     assert_stream_ends(owner, "complete", 1000)
-    for after, stream in zip((-1, 2, 5), watchers, strict=True):
+    for (_, after), stream in zip(WATCHERS, watchers, strict=True):
         assert stream.close_code == 1000, (after, stream.close_code, stream.close_reason)
         assert stream.events == owner.events[after + 1 :], after
     client = redis.Redis.from_url(redis_server.url)
@@ -417,11 +438,9 @@ def test_redis_attach_churn_loses_nothing(
         assert client.pubsub_numsub(channel) == [(channel.encode(), 0)]
     finally:
         client.close()
-    status, text = 0, ""
     with urllib.request.urlopen(f"{redis_relay.http_url}/metrics", timeout=10) as response:
-        status, text = response.status, response.read().decode()
-    assert status == 200
-    assert "relay_open_sockets 0" in text
+        metrics = response.read().decode()
+    assert "relay_open_sockets 0" in metrics.splitlines()
 
 
 # Redis keys of a job that never finishes
@@ -449,3 +468,36 @@ def test_redis_unfinished_job_keys_expire(
     assert ttls["job"] > 0, ttls
     assert ttls["events"] > 0, ttls
     assert ttls["ids"] > 0, ttls
+
+
+def test_redis_data_lost_socket_closes(tmp_path: Path) -> None:
+    """A socket whose job vanished with a Redis restart without persistence still closes.
+
+    The subscriber reconnects and each socket reads history again, but the history and the
+    record are gone: the job's posts get 401, its exit finds no record, and no terminal
+    event ever reaches the socket.
+    """
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    relay = start_relay(tmp_path, "--redis", server.url)
+    try:
+        with running_job(relay, tmp_path, tick=True) as job:
+            job.client.wait_for(lambda stream: len(stream.of_type("log")) >= 3)
+            server.kill()
+            time.sleep(0.5)
+            server.start()
+            time.sleep(1.0)
+            job.release_file.touch()
+            deadline = time.monotonic() + CLOSE_WAIT
+            while not job.client.done and time.monotonic() < deadline:
+                time.sleep(0.1)
+            # Read before the relay stops, because its shutdown closes the socket with 1001.
+            closed = job.client.done
+            close_code = job.client.stream.close_code
+    finally:
+        relay.stop()
+        server.stop()
+    # The relay's log goes with a failure: it shows the 401s and the job's exit.
+    print(relay.log())
+    assert closed, f"socket still open {CLOSE_WAIT}s after the job ended"
+    assert close_code in (1011, 4404), close_code

@@ -49,7 +49,7 @@ local seq = tonumber(redis.call('HGET', KEYS[1], 'next_seq'))
 local accepted, duplicates, rejected = 0, 0, 0
 local exit_status = nil
 local started_at = nil
-local i = 6
+local i = 7
 while i <= #ARGV do
   local event_id, event_type, body, kind, payload =
     ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -85,10 +85,14 @@ if accepted > 0 then
   redis.call('HSET', KEYS[1], 'next_seq', seq, 'state', state, 'last_event_at', ARGV[4])
   if exit_status then redis.call('HSET', KEYS[1], 'exit_status', exit_status) end
   if started_at then redis.call('HSETNX', KEYS[1], 'started_at', started_at) end
+  -- Every key of the job expires together: after retention once finished, else after
+  -- the lifetime of an unfinished job.
+  local ttl = ARGV[6]
   if terminal[state] then
     redis.call('HSET', KEYS[1], 'finished', ARGV[4])
-    for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[5]) end
+    ttl = ARGV[5]
   end
+  for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ttl) end
 end
 return {accepted, duplicates, seq - 1, rejected}
 """
@@ -198,6 +202,7 @@ class RedisBroker(Broker):
             self._history_length,
             f"{time.time():.6f}",
             self._retention_seconds,
+            self._job_ttl_seconds,
         ]
         for event in events:
             args += [
