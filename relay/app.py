@@ -38,6 +38,7 @@ def make_broker(settings: Settings) -> Broker:
             settings.redis_url,
             history_length=settings.history_length,
             retention_seconds=settings.retention_seconds,
+            max_connections=settings.redis_max_connections,
         )
     return MemoryBroker(
         history_length=settings.history_length, retention_seconds=settings.retention_seconds

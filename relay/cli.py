@@ -129,6 +129,7 @@ def _serve(options: argparse.Namespace) -> int:
         ws_ping_interval=20,
         ws_ping_timeout=20,
         ws_max_size=1_048_576,
+        ws_per_message_deflate=settings.websocket_compression,
         timeout_graceful_shutdown=10,
     )
     redact_access_tokens()

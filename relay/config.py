@@ -64,6 +64,10 @@ class Settings:
     history_length: int = 10_000
     retention_seconds: int = 86_400
     subscriber_queue: int = 1024
+    redis_max_connections: int = 100
+    websocket_compression: bool = False
+    """permessage-deflate on job sockets; off by default because each frame would be
+    compressed once per subscriber, and job events are mostly small."""
     cancel_unwatched_after: float = 0.0
     """Seconds after its last socket closes that an unfinished job is cancelled; 0 is never."""
     local_workdir: Path | None = None
@@ -141,6 +145,8 @@ def load_settings(
         retention_seconds=int(server.get("retention_seconds", 86_400)),
         subscriber_queue=int(server.get("subscriber_queue", 1024)),
         cancel_unwatched_after=float(server.get("cancel_unwatched_after", 0)),
+        redis_max_connections=int(server.get("redis_max_connections", 100)),
+        websocket_compression=bool(server.get("websocket_compression", False)),
         **_auth_settings(_table(data, "auth", config_file)),
         **_limit_settings(_table(data, "limits", config_file)),
     )

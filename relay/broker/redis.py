@@ -119,14 +119,23 @@ class RedisBroker(Broker):
         history_length: int = 10_000,
         retention_seconds: int = 86_400,
         job_ttl_seconds: int = 7 * 86_400,
+        max_connections: int = 100,
     ) -> None:
         self._url = url
         self._history_length = history_length
         self._retention_seconds = retention_seconds
         self._job_ttl_seconds = job_ttl_seconds
-        self._redis: Any = aioredis.Redis.from_url(
-            url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+        # A blocking pool makes a burst of requests wait for a connection, where the
+        # default pool raises "Too many connections" at its limit.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=10,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=15,
         )
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._script = self._redis.register_script(PUBLISH_SCRIPT)
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
