@@ -16,26 +16,13 @@ from typing import Any
 
 import pytest
 
+from tests.faults.config import write_cluster_config
 from tests.file_server import serve_folder
 from tests.job_checks import assert_complete, assert_fatal
 from tests.relay_process import TEST_SCRIPTS, RelayProcess, collect, submit_frame
 from tests.sample_text import write_sample
 
 SETUPS = ["local-memory", "local-redis", "pbs-redis"]
-
-
-def cluster_config(path: Path, cluster: Any) -> Path:
-    path.write_text(
-        "[clusters.test]\n"
-        'scheduler = "pbs"\n'
-        f'host = "{cluster.host}"\n'
-        f"port = {cluster.port}\n"
-        f'user = "{cluster.user}"\n'
-        f'key = "{cluster.client_key}"\n'
-        f'known_hosts = "{cluster.known_hosts}"\n'
-        f'workdir = "{cluster.workdir}"\n'
-    )
-    return path
 
 
 @pytest.fixture(scope="module", params=SETUPS)
@@ -49,7 +36,7 @@ def relay(
         args += ["--redis", request.getfixturevalue("redis_server").url]
     if setup.startswith("pbs"):
         cluster = request.getfixturevalue("test_cluster")
-        args += ["--config", str(cluster_config(workdir / "relay.toml", cluster))]
+        args += ["--config", str(write_cluster_config(workdir / "relay.toml", cluster))]
     server = RelayProcess(workdir, *args)
     server.start()
     yield server
