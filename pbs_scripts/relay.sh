@@ -57,7 +57,7 @@ if ! _relay_dir=$(mktemp -d "${TMPDIR:-/tmp}/relay-job.XXXXXXXXXX"); then
 fi
 chmod 700 "$_relay_dir"
 # The arguments are read from a file, not the environment: Linux refuses to start any
-# program whose environment holds a string over 128 KiB, so large arguments stay a shell
+# program whose environment contains a string over 128 KiB, so large arguments stay a shell
 # variable and are exported only when small, for Python steps that read os.environ.
 printf '%s' "${RELAY_ARGS:-}" >|"$_relay_dir/args"
 if ((${#RELAY_ARGS} <= 65536)); then

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def load_settings(
     default = settings.default_cluster or next(iter(settings.clusters))
     if default not in settings.clusters:
         raise ConfigError(f"default_cluster {default!r} is not among the configured clusters")
-    settings = _replace(settings, default_cluster=default)
+    settings = replace(settings, default_cluster=default)
 
     if not settings.api_keys and not is_loopback(settings.host):
         raise ConfigError(
@@ -221,12 +221,6 @@ def _auth_settings(table: dict[str, Any]) -> dict[str, Any]:
         if name in table:
             values[name] = int(table[name])
     return values
-
-
-def _replace(settings: Settings, **changes: Any) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
 
 
 def _table(data: dict[str, Any], name: str, source: Path | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class InvalidEvent(ValueError):
-    """Raised for a body that parses but holds an event the contract does not allow."""
+    """Raised for a body that parses but contains an event the contract does not allow."""
 
 
 class MalformedBody(ValueError):
@@ -61,8 +61,8 @@ async def ingest_events(request: Request) -> JSONResponse:
 async def _ingest(request: Request, service: JobService) -> JSONResponse:
     job_id = request.path_params["job_id"]
 
-    # A missing, wrong or expired token and an unknown job all get the same answer, so it
-    # tells nothing about which job ids exist.
+    # A missing, wrong or expired token and an unknown job all get the same response, so
+    # it reveals nothing about which job ids exist.
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token or not JOB_ID.fullmatch(job_id):
         return _unauthorized()
@@ -71,10 +71,10 @@ async def _ingest(request: Request, service: JobService) -> JSONResponse:
     except BrokerUnavailable:
         return _error(503, "broker unavailable, retry later")
     if record is None or not token_matches(token, record):
-        logger.info("job %s: ingest refused, invalid token", job_id)
+        logger.info("job %s: ingest rejected, invalid token", job_id)
         return _unauthorized()
     if service.token_expired(record, time.time()):
-        logger.info("job %s: ingest refused, token expired", job_id)
+        logger.info("job %s: ingest rejected, token expired", job_id)
         return _unauthorized()
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -97,13 +97,13 @@ async def _ingest(request: Request, service: JobService) -> JSONResponse:
         )
 
     # Each event costs one token. A batch larger than the whole burst could never pass, so
-    # it is refused as too large rather than told to retry.
+    # it is rejected as too large rather than sent back to retry.
     burst = 2 * settings.events_per_second
     if len(events) > burst:
         return _error(413, f"{len(events)} events in one request; at most {burst:g} for this job")
     wait = service.ingest_rate.take(job_id, len(events))
     if wait:
-        logger.info("job %s: ingest rate limited, %d events refused", job_id, len(events))
+        logger.info("job %s: ingest rate limited, %d events rejected", job_id, len(events))
         return _error(
             429,
             f"more than {settings.events_per_second:g} events a second for this job",
@@ -114,7 +114,7 @@ async def _ingest(request: Request, service: JobService) -> JSONResponse:
     except JobFinished:
         return _error(409, "job already finished")
     except BrokerUnavailable as error:
-        logger.warning("job %s: ingest answered 503, broker unavailable: %s", job_id, error)
+        logger.warning("job %s: ingest responded 503, broker unavailable: %s", job_id, error)
         return _error(503, "broker unavailable, retry later")
     except KeyError:
         return _error(401, "invalid token for this job")

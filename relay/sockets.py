@@ -56,8 +56,8 @@ async def authorize(
         problem = f"key {owner} does not own job {record.get('id')}"
     else:
         return owner
-    logger.info("websocket %s refused: %s", websocket.url.path, problem)
-    # Closing before accept makes the server answer the handshake with 403.
+    logger.info("websocket %s rejected: %s", websocket.url.path, problem)
+    # Closing before accept makes the server respond to the handshake with 403.
     await websocket.close(code=1008)
     return None
 
@@ -80,11 +80,11 @@ async def submit_endpoint(websocket: WebSocket) -> None:
             request.get("script"), request.get("args"), request.get("cluster"), owner
         )
     except LimitExceeded as error:
-        logger.info("submit by %s refused: %s", owner, error)
+        logger.info("submit by %s rejected: %s", owner, error)
         await _close(websocket, CloseCode.TOO_MANY, str(error))
         return
     except TemplateError as error:
-        logger.info("submit refused: %s", error)
+        logger.info("submit rejected: %s", error)
         await _close(websocket, CloseCode.INVALID_REQUEST, str(error))
         return
     except BrokerUnavailable as error:
@@ -249,6 +249,8 @@ async def _serve_until_done(
         error = sender.exception()
         if error is None:
             code, reason = sender.result()
+            if code == CloseCode.TOO_SLOW:
+                service.metrics.add("relay_slow_clients_total")
             await _close(websocket, code, reason)
         elif isinstance(error, WebSocketDisconnect | OSError):
             logger.info("job %s: client left while events were sent", job_id)
@@ -310,7 +312,6 @@ async def _stream(
             if subscription.overflowed:
                 logger.warning("job %s: client too slow, closing after seq %d", job_id, cursor.last)
                 return CloseCode.TOO_SLOW, f"too slow; resume with after={cursor.last}"
-            subscription.interrupted = False
             if await service.broker.get_job(job_id) is None:
                 # The broker lost the job (Redis restarted without persistence).
                 logger.error("job %s: record lost from the broker", job_id)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -188,11 +189,8 @@ class SSHConnection:
         return connection
 
 
-def check_key_file(path: object) -> None:
+def check_key_file(key: Path) -> None:
     """Raise ConfigError when the private key is missing or readable by others."""
-    from pathlib import Path
-
-    key = Path(str(path))
     try:
         mode = key.stat().st_mode
     except OSError as error:

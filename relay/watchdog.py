@@ -1,7 +1,7 @@
 """The watchdog: finds PBS jobs that ended without a terminal event and reports them.
 
 A job killed by its walltime, by SIGKILL or with its node sends nothing. For each PBS
-cluster the watchdog asks qstat about all of the cluster's unfinished jobs in one call,
+cluster the watchdog queries qstat about all of the cluster's unfinished jobs in one call,
 every `poll_interval` seconds, sooner when a job has been silent for `heartbeat_timeout`,
 and never more often than `min_poll_interval` across all relay instances. A job that
 qstat reports finished, or no longer lists, and that still has no terminal event after

@@ -1,6 +1,6 @@
 """A bare-bones blocking websocket client over a plain socket, for a client that stops reading.
 
-Client libraries keep reading into their own buffers; this one reads only when asked, and
+Client libraries keep reading into their own buffers. This one reads only when asked, and
 its socket has a small fixed receive buffer, so the relay's sends really block.
 """
 

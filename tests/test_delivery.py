@@ -45,7 +45,7 @@ def relay(tmp_path: Path) -> Any:
 
 
 async def read_until(websocket: Any, stream: Stream, count: int) -> None:
-    """Read frames into `stream` until it holds `count` events."""
+    """Read frames into `stream` until it contains `count` events."""
     while len(stream.events) < count:
         stream.events.append(json.loads(await websocket.recv()))
 

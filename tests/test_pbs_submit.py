@@ -68,7 +68,7 @@ def test_qsub_failure_becomes_fatal_with_its_message(relay_with: Any) -> None:
     assert record["exit_status"] == 1
 
 
-def test_unknown_host_key_is_fatal_and_names_known_hosts(relay_with: Any, tmp_path: Path) -> None:
+def test_unknown_host_key_fatal(relay_with: Any, tmp_path: Path) -> None:
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
     server = relay_with(known_hosts=str(empty))

@@ -39,7 +39,6 @@ class Subscription:
         self.overflowed = False
         self.overflow = asyncio.Event()
         """Set on overflow, so a socket whose send is blocked still learns of it."""
-        self.interrupted = False
 
     def deliver(self, event: Event) -> None:
         if self.overflowed:
@@ -53,11 +52,7 @@ class Subscription:
 
     def interrupt(self) -> None:
         """Wake the reader so it fetches history again, after the broker lost messages."""
-        self.interrupted = True
-        self._wake()
-
-    def _wake(self) -> None:
-        # An empty sentinel event wakes a reader blocked in `get`; `get` filters it out.
+        # A sentinel with seq -1 makes `get` return None to a reader blocked on the queue.
         try:
             self._queue.put_nowait(Event(seq=-1, type="", frame=""))
         except asyncio.QueueFull:

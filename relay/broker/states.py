@@ -1,4 +1,4 @@
-"""How each event moves a job's state: shared by the brokers so they agree."""
+"""The job state each event leads to, shared by the brokers so they agree."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ class LocalScheduler(Scheduler):
         assert self._workdir is not None, "start() was not called"
         script = self._workdir / f"job-{submission.job_id}.sh"
         output = self._workdir / f"job-{submission.job_id}.out"
-        # The script holds the job's token: only its owner may read it.
+        # The script contains the job's token, so only its owner may read it.
         descriptor = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
             file.write(submission.script)
